@@ -1,0 +1,128 @@
+//! Command-line interface: clap definitions, and one module per command.
+//!
+//! Exit status: 0 on success, 1 when the request is refused (the message
+//! says why), 2 on bad usage (clap's own errors, bad names and sizes).
+
+mod disk;
+mod export;
+mod init;
+mod output;
+mod snapshot;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use strata::store::{DiskName, ImageRef, Repository, SnapName, StoreError};
+use strata::units;
+
+/// Virtual disks with incremental snapshots, shown as raw image files.
+///
+/// strata keeps disks and their point-in-time snapshots in a repository.
+/// A snapshot stores only the blocks that changed since the one before it,
+/// yet reads back as the whole disk.
+#[derive(Parser)]
+#[command(name = "strata", version, propagate_version = true)]
+#[command(
+    after_help = "The repository is $STRATA_REPO, else $XDG_DATA_HOME/strata, \
+else ~/.local/share/strata, unless --repo is given.\n\n\
+Example:\n  strata init\n  strata disk create vm1 --size 64G\n  \
+strata snapshot create vm1\n  strata snapshot list vm1\n  \
+strata export vm1@2026-11-22T14-05-00Z vm1.img"
+)]
+pub struct Cli {
+    /// Repository directory (default: $STRATA_REPO, $XDG_DATA_HOME/strata or ~/.local/share/strata)
+    #[arg(long, global = true, value_name = "DIR")]
+    repo: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a repository
+    Init,
+    /// Create, import and list disks
+    #[command(subcommand)]
+    Disk(disk::DiskCommand),
+    /// Take and list snapshots
+    #[command(subcommand)]
+    Snapshot(snapshot::SnapshotCommand),
+    /// Write a full raw image of a disk or snapshot to a file
+    Export(export::ExportArgs),
+}
+
+/// What a command failed with, and so which exit status it gets.
+pub enum Failure {
+    /// The request was refused (exit 1).
+    Refused(String),
+    /// The arguments were wrong (exit 2).
+    Usage(String),
+}
+
+impl From<StoreError> for Failure {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Name(_) | StoreError::Size(_) => Failure::Usage(e.to_string()),
+            e => Failure::Refused(e.to_string()),
+        }
+    }
+}
+
+pub type CmdResult = Result<(), Failure>;
+
+pub fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Refused(msg)) => {
+            eprintln!("strata: {msg}");
+            ExitCode::from(1)
+        }
+        Err(Failure::Usage(msg)) => {
+            eprintln!("strata: {msg}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> CmdResult {
+    let repo_path = match cli.repo {
+        Some(p) => p,
+        None => Repository::default_path()?,
+    };
+    match cli.command {
+        Command::Init => init::run(&repo_path),
+        Command::Disk(c) => disk::run(&repo_path, c),
+        Command::Snapshot(c) => snapshot::run(&repo_path, c),
+        Command::Export(a) => export::run(&repo_path, a),
+    }
+}
+
+pub fn open(repo: &std::path::Path) -> Result<Repository, Failure> {
+    Ok(Repository::open(repo)?)
+}
+
+// Argument parsers: bad values are usage errors, reported by clap.
+
+pub fn parse_disk_name(s: &str) -> Result<DiskName, String> {
+    DiskName::parse(s).map_err(|e| e.to_string())
+}
+
+pub fn parse_snap_name(s: &str) -> Result<SnapName, String> {
+    SnapName::parse(s).map_err(|e| e.to_string())
+}
+
+pub fn parse_image_ref(s: &str) -> Result<ImageRef, String> {
+    ImageRef::parse(s).map_err(|e| e.to_string())
+}
+
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    units::parse_size("size", s).map_err(|e| e.to_string())
+}
+
+pub fn parse_block_size(s: &str) -> Result<u32, String> {
+    let n = units::parse_size("block size", s).map_err(|e| e.to_string())?;
+    strata::store::catalog::check_block_size(n).map_err(|e| e.to_string())
+}

@@ -1,0 +1,101 @@
+//! The store's error type: one variant per thing that can fail, carrying the
+//! path, disk, snapshot or offset involved, worded so a person knows what to do.
+
+use std::io;
+use std::path::PathBuf;
+
+use super::names::{DiskName, NameError, SnapshotRef};
+use crate::units::SizeError;
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "{0} is not a strata repository (it has no strata.repo); create one with `strata init`"
+    )]
+    NotARepository(PathBuf),
+    #[error("{0} already holds a strata repository")]
+    AlreadyARepository(PathBuf),
+    #[error("{path} was written by a newer strata (format version {found}; this build reads up to {supported}); upgrade strata to open it")]
+    NewerFormat {
+        path: PathBuf,
+        found: u32,
+        supported: u32,
+    },
+    #[error("{path} needs features this build does not have (incompatible feature bits {bits:#x}); upgrade strata to open it")]
+    UnknownFeatures { path: PathBuf, bits: u32 },
+    #[error("{path} is corrupt: {what}; nothing was changed (run `strata verify`, or restore the file from a backup)")]
+    Corrupt { path: PathBuf, what: String },
+    #[error("repository {path} is in use by PID {pid}; stop that process or run the command against its mount")]
+    Locked { path: PathBuf, pid: String },
+    #[error("disk '{0}' does not exist (see `strata disk list`)")]
+    NoSuchDisk(DiskName),
+    #[error("disk '{0}' already exists")]
+    DiskExists(DiskName),
+    #[error("snapshot '{0}' does not exist (see `strata snapshot list {disk}`)", disk = .0.disk)]
+    NoSuchSnapshot(SnapshotRef),
+    #[error("snapshot '{0}' already exists")]
+    SnapshotExists(SnapshotRef),
+    #[error(transparent)]
+    Name(#[from] NameError),
+    #[error(transparent)]
+    Size(#[from] SizeError),
+    #[error("invalid {what}: {why}")]
+    Invalid { what: &'static str, why: String },
+    #[error("I/O of {len} bytes at offset {offset} is outside disk '{disk}' ({size} bytes)")]
+    OutOfRange {
+        disk: DiskName,
+        offset: u64,
+        len: u64,
+        size: u64,
+    },
+    #[error("{0} is read-only")]
+    ReadOnly(String),
+}
+
+impl StoreError {
+    /// Wraps an I/O error with the path it happened on.
+    pub fn io(path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> StoreError {
+        let path = path.into();
+        move |source| StoreError::Io { path, source }
+    }
+
+    pub fn corrupt(path: impl Into<PathBuf>, what: impl Into<String>) -> StoreError {
+        StoreError::Corrupt {
+            path: path.into(),
+            what: what.into(),
+        }
+    }
+
+    pub fn invalid(what: &'static str, why: impl Into<String>) -> StoreError {
+        StoreError::Invalid {
+            what,
+            why: why.into(),
+        }
+    }
+
+    /// The errno a file system should answer with for this error.
+    pub fn errno(&self) -> i32 {
+        match self {
+            StoreError::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
+            StoreError::NoSuchDisk(_) | StoreError::NoSuchSnapshot(_) => libc::ENOENT,
+            StoreError::DiskExists(_) | StoreError::SnapshotExists(_) => libc::EEXIST,
+            StoreError::OutOfRange { .. } => libc::EFBIG,
+            StoreError::ReadOnly(_) => libc::EROFS,
+            StoreError::Locked { .. } => libc::EBUSY,
+            StoreError::Name(_) | StoreError::Size(_) | StoreError::Invalid { .. } => libc::EINVAL,
+            StoreError::NotARepository(_)
+            | StoreError::AlreadyARepository(_)
+            | StoreError::NewerFormat { .. }
+            | StoreError::UnknownFeatures { .. }
+            | StoreError::Corrupt { .. } => libc::EIO,
+        }
+    }
+}

@@ -1,0 +1,169 @@
+//! Reading images: the byte-level read, `SEEK_DATA`/`SEEK_HOLE` and export,
+//! shared by the live disk and by snapshots.
+//!
+//! An image is described by its [`Layout`]: for any block range, which file
+//! holds each piece (or that it is zeros). Everything here works on that
+//! description, so the live disk and a snapshot differ only in how they
+//! produce it.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use super::error::{Result, StoreError};
+use super::layer::{is_zero, Geometry};
+use crate::sys;
+
+/// Where a run of blocks comes from.
+pub enum Piece {
+    Zero,
+    Data(Arc<File>),
+}
+
+/// How far one layout query reaches, in blocks; bounds the memory of a scan
+/// over a huge sparse disk.
+const WINDOW_BLOCKS: u64 = 1 << 16;
+
+pub(crate) trait Layout {
+    fn geometry(&self) -> Geometry;
+    /// The pieces of `blocks`, in order, covering the range exactly.
+    fn pieces(&self, blocks: Range<u64>) -> Result<Vec<(Range<u64>, Piece)>>;
+}
+
+/// What every image offers its readers.
+pub trait ImageRead: Send + Sync {
+    /// Virtual size in bytes.
+    fn size(&self) -> u64;
+    /// Reads at `offset`; returns fewer bytes only at the end of the image.
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize>;
+    /// The first byte at or after `offset` that may hold data, or `None`.
+    fn seek_data(&self, offset: u64) -> Result<Option<u64>>;
+    /// The first byte at or after `offset` in a zero region (the size when
+    /// there is none).
+    fn seek_hole(&self, offset: u64) -> Result<u64>;
+}
+
+pub(crate) fn read_at(layout: &dyn Layout, offset: u64, buf: &mut [u8]) -> Result<usize> {
+    let geo = layout.geometry();
+    if offset >= geo.size || buf.is_empty() {
+        return Ok(0);
+    }
+    let end = (offset + buf.len() as u64).min(geo.size);
+    let bs = geo.block_size as u64;
+    let pieces = layout.pieces(offset / bs..end.div_ceil(bs))?;
+    for (blocks, piece) in pieces {
+        let r = geo.byte_range(blocks);
+        let (s, e) = (r.start.max(offset), r.end.min(end));
+        let dst = &mut buf[(s - offset) as usize..(e - offset) as usize];
+        match piece {
+            Piece::Zero => dst.fill(0),
+            Piece::Data(f) => f.read_exact_at(dst, s).map_err(|e| StoreError::Io {
+                path: format!("layer data at offset {s}").into(),
+                source: e,
+            })?,
+        }
+    }
+    Ok((end - offset) as usize)
+}
+
+/// The first offset at or after `offset` that is data (`want_data`) or a
+/// hole. Asks each layer file with `SEEK_DATA`/`SEEK_HOLE`, so zero blocks
+/// stored as holes count as holes.
+pub(crate) fn probe(layout: &dyn Layout, offset: u64, want_data: bool) -> Result<Option<u64>> {
+    let geo = layout.geometry();
+    let bs = geo.block_size as u64;
+    let mut block = offset / bs;
+    while block < geo.blocks() {
+        let window = block..(block + WINDOW_BLOCKS).min(geo.blocks());
+        for (blocks, piece) in layout.pieces(window.clone())? {
+            let r = geo.byte_range(blocks);
+            let s = r.start.max(offset);
+            if s >= r.end {
+                continue;
+            }
+            let io = |e| StoreError::Io {
+                path: format!("layer data at offset {s}").into(),
+                source: e,
+            };
+            let found = match (&piece, want_data) {
+                (Piece::Zero, true) => None,
+                (Piece::Zero, false) => Some(s),
+                (Piece::Data(f), true) => sys::seek_data(f, s).map_err(io)?,
+                (Piece::Data(f), false) => Some(sys::seek_hole(f, s).map_err(io)?),
+            };
+            if let Some(pos) = found.filter(|&p| p < r.end) {
+                return Ok(Some(pos));
+            }
+        }
+        block = window.end;
+    }
+    Ok(if want_data { None } else { Some(geo.size) })
+}
+
+/// What an export wrote.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ExportStats {
+    /// Bytes of data regions read from the image.
+    pub data_bytes: u64,
+    /// Bytes actually written (regions of zeros in a regular file are left
+    /// as holes).
+    pub written_bytes: u64,
+}
+
+/// Writes the whole image to `out`. A regular file gets the image's size and
+/// holes where the image has zeros; anything else (a pipe, a device,
+/// `/dev/null`) receives every byte in order.
+pub fn export(
+    img: &dyn ImageRead,
+    out: &Path,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<ExportStats> {
+    let is_regular = std::fs::metadata(out).map(|m| m.is_file()).unwrap_or(true);
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(is_regular)
+        .open(out)
+        .map_err(StoreError::io(out))?;
+    let size = img.size();
+    let mut stats = ExportStats::default();
+    let mut buf = vec![0u8; 1 << 20];
+    if is_regular {
+        file.set_len(size).map_err(StoreError::io(out))?;
+        let mut pos = 0;
+        while let Some(start) = img.seek_data(pos)? {
+            let end = img.seek_hole(start)?.max(start + 1).min(size);
+            let mut at = start;
+            while at < end {
+                let n = (end - at).min(buf.len() as u64) as usize;
+                let got = img.read_at(at, &mut buf[..n])?;
+                stats.data_bytes += got as u64;
+                if !is_zero(&buf[..got]) {
+                    file.write_all_at(&buf[..got], at)
+                        .map_err(StoreError::io(out))?;
+                    stats.written_bytes += got as u64;
+                }
+                at += got as u64;
+                progress(at, size);
+            }
+            pos = end;
+        }
+        file.sync_all().map_err(StoreError::io(out))?;
+    } else {
+        let mut at = 0;
+        while at < size {
+            let n = (size - at).min(buf.len() as u64) as usize;
+            let got = img.read_at(at, &mut buf[..n])?;
+            file.write_all(&buf[..got]).map_err(StoreError::io(out))?;
+            stats.data_bytes += got as u64;
+            stats.written_bytes += got as u64;
+            at += got as u64;
+            progress(at, size);
+        }
+    }
+    progress(size, size);
+    Ok(stats)
+}

@@ -1,0 +1,159 @@
+//! Every raw `libc` call in strata, each behind a small safe function.
+//!
+//! The rest of the crate is `#![deny(unsafe_code)]`; this module is the one
+//! exception. Each function documents the call it wraps and why it is sound.
+#![allow(unsafe_code)]
+
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+
+/// Turns `len` bytes at `offset` into a hole: the range reads as zeros and
+/// occupies no space. The file's size does not change.
+pub fn punch_hole(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    if len == 0 {
+        return Ok(());
+    }
+    let off = to_off_t(offset)?;
+    let len = to_off_t(len)?;
+    // SAFETY: fallocate only reads its integer arguments; the descriptor is
+    // owned by `file`, which outlives the call.
+    let rc = unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            off,
+            len,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// The first offset at or after `offset` that holds data, or `None` when only
+/// holes follow (`lseek(SEEK_DATA)`). Does not disturb `pread`/`pwrite`.
+pub fn seek_data(file: &File, offset: u64) -> io::Result<Option<u64>> {
+    match lseek(file, offset, libc::SEEK_DATA) {
+        Ok(pos) => Ok(Some(pos)),
+        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The first offset at or after `offset` that is a hole (`lseek(SEEK_HOLE)`);
+/// the end of the file counts as a hole.
+pub fn seek_hole(file: &File, offset: u64) -> io::Result<u64> {
+    lseek(file, offset, libc::SEEK_HOLE)
+}
+
+fn lseek(file: &File, offset: u64, whence: libc::c_int) -> io::Result<u64> {
+    let off = to_off_t(offset)?;
+    // SAFETY: lseek takes integers only. It moves the descriptor's offset,
+    // which strata never relies on: all data I/O is positional.
+    let pos = unsafe { libc::lseek(file.as_raw_fd(), off, whence) };
+    if pos < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(pos as u64)
+    }
+}
+
+/// Takes an exclusive `flock` on `file` without waiting. `Ok(false)` means
+/// another open file description holds it. The lock lasts as long as the
+/// descriptor and is dropped by the kernel when the process dies.
+pub fn try_lock_exclusive(file: &File) -> io::Result<bool> {
+    // SAFETY: flock takes integers only; the descriptor is owned by `file`.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let err = io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(false)
+    } else {
+        Err(err)
+    }
+}
+
+/// Raises the soft limit on open files to the hard limit and returns it. A
+/// deep chain keeps one descriptor per layer it reads from.
+pub fn raise_open_file_limit() -> io::Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid, writable rlimit for the duration of the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: `raised` is a valid rlimit read-only for the call.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            lim.rlim_cur = lim.rlim_max;
+        }
+    }
+    Ok(lim.rlim_cur)
+}
+
+/// Whether a process with this PID exists (signal 0 probes without sending).
+pub fn process_exists(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    if pid <= 0 {
+        return false;
+    }
+    // SAFETY: kill with signal 0 sends nothing; it only checks the PID.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+fn to_off_t(v: u64) -> io::Result<libc::off_t> {
+    libc::off_t::try_from(v).map_err(|_| io::Error::from_raw_os_error(libc::EOVERFLOW))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::FileExt;
+
+    #[test]
+    fn holes_and_data() {
+        let f = tempfile::tempfile().unwrap();
+        f.set_len(1 << 20).unwrap();
+        assert_eq!(seek_data(&f, 0).unwrap(), None);
+        f.write_at(&[1u8; 4096], 65536).unwrap();
+        assert_eq!(seek_data(&f, 0).unwrap(), Some(65536));
+        assert_eq!(seek_hole(&f, 65536).unwrap(), 65536 + 4096);
+        punch_hole(&f, 65536, 4096).unwrap();
+        assert_eq!(seek_data(&f, 0).unwrap(), None);
+        let mut buf = [9u8; 16];
+        f.read_at(&mut buf, 65536).unwrap();
+        assert_eq!(buf, [0u8; 16]);
+    }
+
+    #[test]
+    fn flock_is_exclusive_across_descriptions() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("lock");
+        let a = File::create(&p).unwrap();
+        let b = File::open(&p).unwrap();
+        assert!(try_lock_exclusive(&a).unwrap());
+        assert!(!try_lock_exclusive(&b).unwrap());
+        drop(a);
+        assert!(try_lock_exclusive(&b).unwrap());
+    }
+
+    #[test]
+    fn this_process_exists() {
+        assert!(process_exists(std::process::id()));
+        assert!(!process_exists(0));
+    }
+}
