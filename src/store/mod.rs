@@ -409,7 +409,10 @@ impl Repository {
             block_size: rec.block_size,
         };
         let live = LiveLayer::open(&self.inner.paths, rec.live, geo)?;
-        let base = self.build_map(&chain[1..], geo)?;
+        let base = match chain.get(1) {
+            Some(&below) => OwnerMap::clone(self.frozen_map(below, geo)?.as_ref()),
+            None => OwnerMap::new(),
+        };
         let disk = Arc::new(Disk::new(
             name.clone(),
             self.inner.files.clone(),
@@ -420,15 +423,34 @@ impl Repository {
         Ok(disk)
     }
 
-    /// The owner map of a frozen chain given newest first.
-    fn build_map(&self, chain: &[LayerId], geo: Geometry) -> Result<OwnerMap> {
+    /// The owner map of the frozen chain that ends with `top`. Starts from
+    /// the nearest ancestor whose map is cached (usually the snapshot just
+    /// before), so walking a history oldest-first costs each layer once.
+    fn frozen_map(&self, top: LayerId, geo: Geometry) -> Result<Arc<OwnerMap>> {
+        if let Some(m) = self.inner.maps.lock().get(&top) {
+            return Ok(m.clone());
+        }
+        let chain = self.inner.catalog.lock().chain(top);
+        let mut start = chain.len();
         let mut map = OwnerMap::new();
-        for &id in chain.iter().rev() {
+        {
+            let mut maps = self.inner.maps.lock();
+            for (i, id) in chain.iter().enumerate().skip(1) {
+                if let Some(m) = maps.get(id) {
+                    map = OwnerMap::clone(m);
+                    start = i;
+                    break;
+                }
+            }
+        }
+        for &id in chain[..start].iter().rev() {
             let (present, _) = layer::read_index(&self.inner.paths, id, geo)?;
             for r in present.runs() {
                 map.paint(r, id);
             }
         }
+        let map = Arc::new(map);
+        self.inner.maps.lock().put(top, map.clone());
         Ok(map)
     }
 
@@ -572,16 +594,7 @@ impl Repository {
             size: info.size,
             block_size: info.block_size,
         };
-        let cached = self.inner.maps.lock().get(&info.layer).cloned();
-        let map = match cached {
-            Some(m) => m,
-            None => {
-                let chain = self.inner.catalog.lock().chain(info.layer);
-                let m = Arc::new(self.build_map(&chain, geo)?);
-                self.inner.maps.lock().put(info.layer, m.clone());
-                m
-            }
-        };
+        let map = self.frozen_map(info.layer, geo)?;
         Ok(Snapshot::new(info, geo, map, self.inner.files.clone()))
     }
 
