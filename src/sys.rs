@@ -115,6 +115,44 @@ pub fn process_exists(pid: u32) -> bool {
     rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
+/// Reads at `offset` only what the page cache already holds, never waiting
+/// for the device (`preadv2(RWF_NOWAIT)`). `Ok(0)` when nothing at `offset`
+/// is cached; a short count when only the start is.
+pub fn pread_cached(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    let off = to_off_t(offset)?;
+    let iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: `iov` describes `buf`, which is valid and writable for its
+    // whole length and outlives the call; the kernel writes at most
+    // `iov_len` bytes into it.
+    let n = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, off, libc::RWF_NOWAIT) };
+    if n >= 0 {
+        return Ok(n as usize);
+    }
+    let err = io::Error::last_os_error();
+    match err.raw_os_error() {
+        // Not cached, or a file system that cannot promise not to wait.
+        Some(libc::EAGAIN) | Some(libc::EOPNOTSUPP) => Ok(0),
+        _ => Err(err),
+    }
+}
+
+/// Asks the kernel to start reading a range into the page cache, without
+/// waiting (`posix_fadvise(WILLNEED)`), so several ranges can be in flight.
+pub fn prefetch(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    let off = to_off_t(offset)?;
+    let len = to_off_t(len)?;
+    // SAFETY: posix_fadvise takes integers only.
+    let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), off, len, libc::POSIX_FADV_WILLNEED) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::from_raw_os_error(rc))
+    }
+}
+
 fn to_off_t(v: u64) -> io::Result<libc::off_t> {
     libc::off_t::try_from(v).map_err(|_| io::Error::from_raw_os_error(libc::EOVERFLOW))
 }

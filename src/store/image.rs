@@ -46,6 +46,10 @@ pub trait ImageRead: Send + Sync {
     fn seek_hole(&self, offset: u64) -> Result<u64>;
 }
 
+/// Reads through the layout. Each piece is first read from the page cache
+/// without waiting; when several pieces miss, the device is asked for all of
+/// them at once before any is waited for, so a read spread over many layers
+/// costs one round trip to the device rather than one per layer.
 pub(crate) fn read_at(layout: &dyn Layout, offset: u64, buf: &mut [u8]) -> Result<usize> {
     let geo = layout.geometry();
     if offset >= geo.size || buf.is_empty() {
@@ -54,17 +58,37 @@ pub(crate) fn read_at(layout: &dyn Layout, offset: u64, buf: &mut [u8]) -> Resul
     let end = (offset + buf.len() as u64).min(geo.size);
     let bs = geo.block_size as u64;
     let pieces = layout.pieces(offset / bs..end.div_ceil(bs))?;
-    for (blocks, piece) in pieces {
-        let r = geo.byte_range(blocks);
-        let (s, e) = (r.start.max(offset), r.end.min(end));
-        let dst = &mut buf[(s - offset) as usize..(e - offset) as usize];
-        match piece {
-            Piece::Zero => dst.fill(0),
-            Piece::Data(f) => f.read_exact_at(dst, s).map_err(|e| StoreError::Io {
-                path: format!("layer data at offset {s}").into(),
-                source: e,
-            })?,
+    let io = |at: u64| {
+        move |e| StoreError::Io {
+            path: format!("layer data at offset {at}").into(),
+            source: e,
         }
+    };
+    // Pieces (file, disk offset, buffer range) still to be read from the device.
+    let mut missed: Vec<(&File, u64, std::ops::Range<usize>)> = Vec::new();
+    for (blocks, piece) in &pieces {
+        let r = geo.byte_range(blocks.clone());
+        let (s, e) = (r.start.max(offset), r.end.min(end));
+        let dst = (s - offset) as usize..(e - offset) as usize;
+        let file = match piece {
+            Piece::Zero => {
+                buf[dst].fill(0);
+                continue;
+            }
+            Piece::Data(f) => f.as_ref(),
+        };
+        let got = sys::pread_cached(file, &mut buf[dst.clone()], s).map_err(io(s))?;
+        if got < dst.len() {
+            missed.push((file, s + got as u64, dst.start + got..dst.end));
+        }
+    }
+    if missed.len() > 1 {
+        for (file, at, dst) in &missed {
+            sys::prefetch(file, *at, dst.len() as u64).map_err(io(*at))?;
+        }
+    }
+    for (file, at, dst) in missed {
+        file.read_exact_at(&mut buf[dst], at).map_err(io(at))?;
     }
     Ok((end - offset) as usize)
 }
@@ -103,6 +127,10 @@ pub(crate) fn probe(layout: &dyn Layout, offset: u64, want_data: bool) -> Result
     Ok(if want_data { None } else { Some(geo.size) })
 }
 
+/// Bytes an export reads at a time: large enough that a read spread over a
+/// deep chain keeps many device requests in flight.
+const EXPORT_CHUNK: usize = 4 << 20;
+
 /// What an export wrote.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ExportStats {
@@ -130,7 +158,7 @@ pub fn export(
         .map_err(StoreError::io(out))?;
     let size = img.size();
     let mut stats = ExportStats::default();
-    let mut buf = vec![0u8; 1 << 20];
+    let mut buf = vec![0u8; EXPORT_CHUNK];
     if is_regular {
         file.set_len(size).map_err(StoreError::io(out))?;
         let mut pos = 0;
