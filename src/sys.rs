@@ -7,6 +7,7 @@
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
+use std::path::Path;
 
 /// Turns `len` bytes at `offset` into a hole: the range reads as zeros and
 /// occupies no space. The file's size does not change.
@@ -151,6 +152,97 @@ pub fn prefetch(file: &File, offset: u64, len: u64) -> io::Result<()> {
     } else {
         Err(io::Error::from_raw_os_error(rc))
     }
+}
+
+pub fn effective_uid() -> u32 {
+    // SAFETY: geteuid cannot fail and has no arguments.
+    unsafe { libc::geteuid() }
+}
+
+pub fn effective_gid() -> u32 {
+    // SAFETY: getegid cannot fail and has no arguments.
+    unsafe { libc::getegid() }
+}
+
+/// What `statvfs(2)` says of the file system holding `path`.
+pub struct FsStats {
+    pub bsize: u32,
+    pub blocks: u64,
+    pub bfree: u64,
+    pub bavail: u64,
+    pub files: u64,
+    pub ffree: u64,
+}
+
+pub fn statvfs(path: &Path) -> io::Result<FsStats> {
+    let c = cpath(path)?;
+    // SAFETY: an all-zero statvfs is a valid value of that plain C struct.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a NUL-terminated path and `st` a writable statvfs.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let frsize = st.f_frsize as u64;
+    let scale = |n: u64| n * frsize / 4096;
+    Ok(FsStats {
+        bsize: 4096,
+        blocks: scale(st.f_blocks as u64),
+        bfree: scale(st.f_bfree as u64),
+        bavail: scale(st.f_bavail as u64),
+        files: st.f_files as u64,
+        ffree: st.f_ffree as u64,
+    })
+}
+
+/// Detaches a mount now, even if its daemon is gone or it is busy
+/// (`umount2(MNT_DETACH)`; needs root).
+pub fn umount_detach(path: &Path) -> io::Result<()> {
+    let c = cpath(path)?;
+    // SAFETY: `c` is a NUL-terminated path; umount2 only reads it.
+    if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Makes a spawned child the leader of a new session, so it outlives the
+/// terminal it was started from (a daemon).
+pub fn new_session_on_spawn(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setsid is async-signal-safe, the only kind of call allowed
+    // between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Points standard input at /dev/null and standard output and error at
+/// `log`, as a daemon does once it no longer talks to its starter.
+pub fn redirect_stdio(log: &File) -> io::Result<()> {
+    let null = File::open("/dev/null")?;
+    for (from, to) in [
+        (null.as_raw_fd(), 0),
+        (log.as_raw_fd(), 1),
+        (log.as_raw_fd(), 2),
+    ] {
+        // SAFETY: both descriptors are open; dup2 replaces `to` atomically.
+        if unsafe { libc::dup2(from, to) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+fn cpath(path: &Path) -> io::Result<std::ffi::CString> {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
 }
 
 fn to_off_t(v: u64) -> io::Result<libc::off_t> {

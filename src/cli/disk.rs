@@ -3,12 +3,14 @@
 use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand};
+use strata::control::{Request, Response};
 use strata::store::catalog::DEFAULT_BLOCK_SIZE;
 use strata::store::DiskName;
 use strata::units::format_size;
 
 use super::output::{self, Progress};
-use super::{open, parse_block_size, parse_disk_name, parse_size, CmdResult};
+use super::target::{unexpected, Target};
+use super::{absolute, parse_block_size, parse_disk_name, parse_size, CmdResult};
 
 #[derive(Subcommand)]
 pub enum DiskCommand {
@@ -53,10 +55,17 @@ pub struct ListArgs {
 }
 
 pub fn run(repo: &Path, cmd: DiskCommand) -> CmdResult {
-    let repo = open(repo)?;
+    let mut target = Target::open(repo)?;
     match cmd {
         DiskCommand::Create(a) => {
-            let info = repo.create_disk(&a.name, a.size, a.block_size)?;
+            let req = Request::DiskCreate {
+                name: a.name,
+                size: a.size,
+                block_size: a.block_size,
+            };
+            let Response::Disk(info) = target.call(req, &mut |_, _| {})? else {
+                return Err(unexpected(Response::Done));
+            };
             println!(
                 "created disk {} ({}, block size {})",
                 info.name,
@@ -66,11 +75,17 @@ pub fn run(repo: &Path, cmd: DiskCommand) -> CmdResult {
         }
         DiskCommand::Import(a) => {
             let mut progress = Progress::new("importing");
-            let info = repo.import_disk(&a.name, &a.file, a.block_size, &mut |d, t| {
-                progress.update(d, t)
-            });
+            let req = Request::DiskImport {
+                name: a.name,
+                file: absolute(&a.file)?,
+                block_size: a.block_size,
+            };
+            let resp = target.call(req, &mut |d, t| progress.update(d, t));
             progress.finish();
-            let info = info?;
+            let info = match resp? {
+                Response::Disk(info) => info,
+                r => return Err(unexpected(r)),
+            };
             println!(
                 "imported {} as disk {} ({}, {} stored)",
                 a.file.display(),
@@ -80,7 +95,10 @@ pub fn run(repo: &Path, cmd: DiskCommand) -> CmdResult {
             );
         }
         DiskCommand::List(a) => {
-            let disks = repo.disks()?;
+            let disks = match target.call(Request::DiskList, &mut |_, _| {})? {
+                Response::Disks(d) => d,
+                r => return Err(unexpected(r)),
+            };
             if a.json {
                 return output::json(&disks);
             }

@@ -3,11 +3,13 @@
 use std::path::{Path, PathBuf};
 
 use clap::Args;
-use strata::store::{export, ImageRef};
+use strata::control::{Request, Response};
+use strata::store::ImageRef;
 use strata::units::format_size;
 
 use super::output::Progress;
-use super::{open, parse_image_ref, CmdResult};
+use super::target::{unexpected, Target};
+use super::{absolute, parse_image_ref, CmdResult};
 
 #[derive(Args)]
 pub struct ExportArgs {
@@ -19,17 +21,23 @@ pub struct ExportArgs {
 }
 
 pub fn run(repo: &Path, a: ExportArgs) -> CmdResult {
-    let repo = open(repo)?;
-    let img = repo.open_image(&a.image)?;
+    let mut target = Target::open(repo)?;
     let mut progress = Progress::new("exporting");
-    let stats = export(img.as_ref(), &a.file, &mut |d, t| progress.update(d, t));
+    let req = Request::Export {
+        image: a.image.to_string(),
+        file: absolute(&a.file)?,
+    };
+    let resp = target.call(req, &mut |d, t| progress.update(d, t));
     progress.finish();
-    let stats = stats?;
+    let (size, stats) = match resp? {
+        Response::Exported { size, stats } => (size, stats),
+        r => return Err(unexpected(r)),
+    };
     println!(
         "exported {} to {} ({}, {} of data)",
         a.image,
         a.file.display(),
-        format_size(img.size()),
+        format_size(size),
         format_size(stats.written_bytes)
     );
     Ok(())

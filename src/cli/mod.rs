@@ -6,8 +6,10 @@
 mod disk;
 mod export;
 mod init;
+mod mount;
 mod output;
 mod snapshot;
+mod target;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -50,6 +52,15 @@ enum Command {
     Snapshot(snapshot::SnapshotCommand),
     /// Write a full raw image of a disk or snapshot to a file
     Export(export::ExportArgs),
+    /// Mount the repository: every disk and snapshot as an image file
+    ///
+    /// MOUNTPOINT/<disk>/live.img is the writable disk;
+    /// MOUNTPOINT/<disk>/snapshots/<snap>.img are read-only points in time.
+    /// Returns once the mount answers; the daemon owns the repository until
+    /// `strata umount`, and the other commands then talk to it.
+    Mount(mount::MountArgs),
+    /// Flush everything and unmount (also cleans up after a daemon that died)
+    Umount(mount::UmountArgs),
 }
 
 /// What a command failed with, and so which exit status it gets.
@@ -88,6 +99,11 @@ pub fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> CmdResult {
+    match cli.command {
+        Command::Mount(a) => return mount::mount(cli.repo, a),
+        Command::Umount(a) => return mount::umount(a),
+        _ => {}
+    }
     let repo_path = match cli.repo {
         Some(p) => p,
         None => Repository::default_path()?,
@@ -97,11 +113,14 @@ fn run(cli: Cli) -> CmdResult {
         Command::Disk(c) => disk::run(&repo_path, c),
         Command::Snapshot(c) => snapshot::run(&repo_path, c),
         Command::Export(a) => export::run(&repo_path, a),
+        Command::Mount(_) | Command::Umount(_) => Ok(()),
     }
 }
 
-pub fn open(repo: &std::path::Path) -> Result<Repository, Failure> {
-    Ok(Repository::open(repo)?)
+/// `path` made absolute against the current directory (without touching it,
+/// so a dead mount point can still be named).
+pub fn absolute(path: &std::path::Path) -> Result<std::path::PathBuf, Failure> {
+    std::path::absolute(path).map_err(|e| Failure::Refused(format!("{}: {e}", path.display())))
 }
 
 // Argument parsers: bad values are usage errors, reported by clap.

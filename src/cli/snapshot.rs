@@ -3,11 +3,13 @@
 use std::path::Path;
 
 use clap::{Args, Subcommand};
+use strata::control::{Request, Response};
 use strata::store::{DiskName, SnapName};
 use strata::units::format_size;
 
 use super::output;
-use super::{open, parse_disk_name, parse_snap_name, CmdResult};
+use super::target::{unexpected, Target};
+use super::{parse_disk_name, parse_snap_name, CmdResult};
 
 #[derive(Subcommand)]
 pub enum SnapshotCommand {
@@ -37,10 +39,17 @@ pub struct ListArgs {
 }
 
 pub fn run(repo: &Path, cmd: SnapshotCommand) -> CmdResult {
-    let repo = open(repo)?;
+    let mut target = Target::open(repo)?;
     match cmd {
         SnapshotCommand::Create(a) => {
-            let info = repo.snapshot(&a.disk, a.name)?;
+            let req = Request::SnapshotCreate {
+                disk: a.disk,
+                name: a.name,
+            };
+            let info = match target.call(req, &mut |_, _| {})? {
+                Response::Snapshot(info) => info,
+                r => return Err(unexpected(r)),
+            };
             println!(
                 "created snapshot {}@{} ({} changed)",
                 info.disk,
@@ -49,7 +58,10 @@ pub fn run(repo: &Path, cmd: SnapshotCommand) -> CmdResult {
             );
         }
         SnapshotCommand::List(a) => {
-            let snaps = repo.snapshots(&a.disk)?;
+            let snaps = match target.call(Request::SnapshotList { disk: a.disk }, &mut |_, _| {})? {
+                Response::Snapshots(s) => s,
+                r => return Err(unexpected(r)),
+            };
             if a.json {
                 return output::json(&snaps);
             }

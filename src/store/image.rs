@@ -132,7 +132,7 @@ pub(crate) fn probe(layout: &dyn Layout, offset: u64, want_data: bool) -> Result
 const EXPORT_CHUNK: usize = 4 << 20;
 
 /// What an export wrote.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ExportStats {
     /// Bytes of data regions read from the image.
     pub data_bytes: u64,

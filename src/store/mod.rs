@@ -51,7 +51,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use lru::LruCache;
 use parking_lot::Mutex;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use catalog::{Catalog, DiskRecord, FrozenInfo, LayerRecord, SnapshotRecord};
 pub use disk::Disk;
@@ -72,7 +72,7 @@ const LOCK_FILE: &str = "lock";
 const MAP_CACHE: usize = 64;
 
 /// A disk as `disk list` shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DiskInfo {
     pub name: String,
     pub size: u64,
@@ -85,7 +85,7 @@ pub struct DiskInfo {
 }
 
 /// A snapshot as `snapshot list` shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SnapshotInfo {
     pub disk: String,
     pub name: String,

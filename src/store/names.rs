@@ -173,7 +173,9 @@ impl SnapshotRef {
 }
 
 /// A layer's number, unique in its repository and never reused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Default, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct LayerId(pub u64);
 
 impl fmt::Display for LayerId {

@@ -1,0 +1,251 @@
+//! `strata mount` and `strata umount`
+
+use std::fs::OpenOptions;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use strata::control::{Client, Request, Response};
+use strata::fs::daemon::{self, MountOptions};
+use strata::store::Repository;
+use strata::sys;
+
+use super::{absolute, CmdResult, Failure};
+
+/// Set in the daemon's environment by `strata mount`: say READY on stdout
+/// once serving, then let go of the terminal.
+const NOTIFY_ENV: &str = "STRATA_DAEMON_NOTIFY";
+const READY: &str = "READY";
+const LOG_FILE: &str = "daemon.log";
+
+#[derive(Args)]
+pub struct MountArgs {
+    /// Directory to mount on
+    mountpoint: PathBuf,
+    /// Show live images read-only too
+    #[arg(long)]
+    read_only: bool,
+    /// Stay in the foreground and log to stderr (set RUST_LOG=info for more)
+    #[arg(long)]
+    foreground: bool,
+    /// Mount options, comma-separated: ro, rw, allow_other, allow_root
+    /// (fstab's defaults, noauto, nofail, user, users, _netdev and x-* are accepted and ignored)
+    #[arg(short = 'o', value_name = "OPTIONS")]
+    options: Vec<String>,
+}
+
+#[derive(Args)]
+pub struct UmountArgs {
+    /// Where the repository is mounted
+    mountpoint: PathBuf,
+}
+
+fn parse_options(a: &MountArgs) -> Result<MountOptions, Failure> {
+    let mut opts = MountOptions {
+        read_only: a.read_only,
+        ..MountOptions::default()
+    };
+    for opt in a
+        .options
+        .iter()
+        .flat_map(|o| o.split(','))
+        .filter(|o| !o.is_empty())
+    {
+        match opt {
+            "ro" => opts.read_only = true,
+            "rw" => opts.read_only = a.read_only,
+            "allow_other" => opts.allow_other = true,
+            "allow_root" => opts.allow_root = true,
+            "defaults"
+            | "noauto"
+            | "auto"
+            | "nofail"
+            | "user"
+            | "users"
+            | "_netdev"
+            | "default_permissions" => {}
+            o if o.starts_with("x-") => {}
+            o => {
+                return Err(Failure::Usage(format!(
+                    "unknown mount option {o:?} (known: ro, rw, allow_other, allow_root)"
+                )))
+            }
+        }
+    }
+    Ok(opts)
+}
+
+pub fn mount(repo: Option<PathBuf>, a: MountArgs) -> CmdResult {
+    let opts = parse_options(&a)?;
+    let repo = match repo {
+        Some(p) => absolute(&p)?,
+        None => {
+            let p = absolute(&Repository::default_path()?)?;
+            if !p.join("strata.repo").exists() {
+                drop(Repository::init(&p)?);
+                eprintln!("created repository {}", p.display());
+            }
+            p
+        }
+    };
+    let mp = absolute(&a.mountpoint)?;
+    if a.foreground {
+        let notify = std::env::var_os(NOTIFY_ENV).is_some();
+        let log_path = repo.join(LOG_FILE);
+        return daemon::run(&repo, &mp, &opts, || {
+            if notify {
+                println!("{READY}");
+                match OpenOptions::new().create(true).append(true).open(&log_path) {
+                    Ok(log) => {
+                        if let Err(e) = sys::redirect_stdio(&log) {
+                            log::warn!("cannot detach from the terminal: {e}");
+                        }
+                    }
+                    Err(e) => log::warn!("{}: {e}", log_path.display()),
+                }
+            }
+        })
+        .map_err(|e| Failure::Refused(e.to_string()));
+    }
+    spawn_daemon(&repo, &mp, &a)
+}
+
+/// Starts the daemon in a session of its own and waits until it says the
+/// mount answers, or reports why it could not mount.
+fn spawn_daemon(repo: &Path, mp: &Path, a: &MountArgs) -> CmdResult {
+    let exe = std::env::current_exe()
+        .map_err(|e| Failure::Refused(format!("cannot find strata itself: {e}")))?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("--repo")
+        .arg(repo)
+        .arg("mount")
+        .arg(mp)
+        .arg("--foreground");
+    if a.read_only {
+        cmd.arg("--read-only");
+    }
+    for o in &a.options {
+        cmd.arg("-o").arg(o);
+    }
+    cmd.env(NOTIFY_ENV, "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    sys::new_session_on_spawn(&mut cmd);
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| Failure::Refused(format!("cannot start the daemon: {e}")))?;
+    let ready = child
+        .stdout
+        .take()
+        .map(|out| {
+            BufReader::new(out)
+                .lines()
+                .map_while(Result::ok)
+                .any(|l| l == READY)
+        })
+        .unwrap_or(false);
+    if ready {
+        println!(
+            "mounted {} at {} (daemon PID {}; stop with: strata umount {})",
+            repo.display(),
+            mp.display(),
+            child.id(),
+            mp.display()
+        );
+        return Ok(());
+    }
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    let _ = child.wait();
+    let err = err.trim().trim_start_matches("strata: ");
+    Err(Failure::Refused(if err.is_empty() {
+        "the daemon stopped before the mount was ready".into()
+    } else {
+        err.to_string()
+    }))
+}
+
+pub fn umount(a: UmountArgs) -> CmdResult {
+    let mp = absolute(&a.mountpoint)?;
+    let Some(repo) = daemon::mounted_repository(&mp) else {
+        return Err(Failure::Refused(format!(
+            "{} is not a strata mount",
+            mp.display()
+        )));
+    };
+    let client = Client::connect(&repo).map_err(|e| Failure::Refused(e.to_string()))?;
+    let Some(mut client) = client else {
+        // Nobody serves the socket: the daemon died and left its mount.
+        detach(&mp)?;
+        println!(
+            "removed the stale mount {} (its daemon had stopped)",
+            mp.display()
+        );
+        return Ok(());
+    };
+    // Done, or the daemon exited before answering: both mean unmounted.
+    if let Ok(Response::Refused { message, .. }) = client.call(Request::Unmount) {
+        return Err(Failure::Refused(message));
+    }
+    wait_for_release(&repo)?;
+    println!("unmounted {}", mp.display());
+    Ok(())
+}
+
+fn detach(mp: &Path) -> CmdResult {
+    match sys::umount_detach(mp) {
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+            // Not root: the setuid helper may detach a FUSE mount we own.
+            let status = Command::new("fusermount3")
+                .arg("-u")
+                .arg("-z")
+                .arg(mp)
+                .status();
+            match status {
+                Ok(s) if s.success() => Ok(()),
+                Ok(s) => Err(Failure::Refused(format!(
+                    "fusermount3 -uz {} failed ({s})",
+                    mp.display()
+                ))),
+                Err(e) => Err(Failure::Refused(format!(
+                    "cannot detach {}: not root, and fusermount3 is missing ({e}); install fuse3",
+                    mp.display()
+                ))),
+            }
+        }
+        Err(e) => Err(Failure::Refused(format!(
+            "cannot detach {}: {e}",
+            mp.display()
+        ))),
+    }
+}
+
+/// Waits until the daemon has let go of the repository, so that a command
+/// right after `strata umount` finds it free.
+fn wait_for_release(repo: &Path) -> CmdResult {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let lock = repo.join("lock");
+    loop {
+        let free = OpenOptions::new()
+            .read(true)
+            .open(&lock)
+            .and_then(|f| sys::try_lock_exclusive(&f))
+            .unwrap_or(true);
+        if free {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(Failure::Refused(format!(
+                "unmounted, but the daemon still holds {} after 60 s",
+                repo.display()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -1,0 +1,41 @@
+//! The command side of the control socket.
+
+use std::io;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+use super::{receive, send, Request, Response, SOCKET_FILE};
+
+pub struct Client {
+    stream: UnixStream,
+}
+
+impl Client {
+    /// Connects to the daemon that owns `repo`, if one is listening.
+    /// `Ok(None)` when there is no socket or nobody answers on it.
+    pub fn connect(repo: &Path) -> io::Result<Option<Client>> {
+        let path = repo.join(SOCKET_FILE);
+        match UnixStream::connect(&path) {
+            Ok(stream) => {
+                stream.set_write_timeout(Some(Duration::from_secs(30)))?;
+                Ok(Some(Client { stream }))
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
+                ) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(io::Error::new(e.kind(), format!("{}: {e}", path.display()))),
+        }
+    }
+
+    /// Sends one request and waits for its answer (as long as the work takes).
+    pub fn call(&mut self, req: Request) -> io::Result<Response> {
+        send(&mut self.stream, req)?;
+        receive(&mut self.stream)
+    }
+}

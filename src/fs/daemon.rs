@@ -1,0 +1,217 @@
+//! The mount's daemon: owns the repository while it is mounted, serves the
+//! file system and the control socket, and on `strata umount`, `umount`,
+//! SIGTERM or SIGINT flushes everything and unmounts.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use fuser::{Config, MountOption, Session, SessionACL};
+use parking_lot::Mutex;
+
+use super::StrataFs;
+use crate::control::{self, ServerHooks};
+use crate::store::{Repository, StoreError};
+use crate::sys;
+
+/// FUSE worker threads: reads of cold data block on the device, so more
+/// than the two cores keep the device busy.
+const WORKERS: usize = 4;
+
+#[derive(Debug, Clone, Default)]
+pub struct MountOptions {
+    pub read_only: bool,
+    /// Let other users see the mount (needs `user_allow_other` for non-root).
+    pub allow_other: bool,
+    pub allow_root: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{path} is a mount whose daemon has stopped; run `strata umount {path}` first", path = .0.display())]
+    StaleMount(PathBuf),
+    #[error("mount point {}: {source}", .path.display())]
+    MountPoint { path: PathBuf, source: io::Error },
+    #[error("cannot mount on {}: {source}", .path.display())]
+    Mount { path: PathBuf, source: io::Error },
+    #[error("control socket: {0}")]
+    Control(io::Error),
+}
+
+/// Mounts `repo` at `mountpoint` and serves it until it is unmounted.
+/// `ready` is called once the mount answers and the control socket listens.
+pub fn run(
+    repo: &Path,
+    mountpoint: &Path,
+    opts: &MountOptions,
+    ready: impl FnOnce(),
+) -> Result<(), DaemonError> {
+    check_mountpoint(mountpoint)?;
+    let repo = Arc::new(Repository::open(repo)?);
+    let fs = StrataFs::new(repo.clone(), opts.read_only);
+
+    let mut config = Config::default();
+    config.mount_options = vec![
+        MountOption::FSName(repo.path().display().to_string()),
+        MountOption::Subtype("strata".into()),
+        MountOption::DefaultPermissions,
+        MountOption::NoAtime,
+        if opts.read_only {
+            MountOption::RO
+        } else {
+            MountOption::RW
+        },
+    ];
+    config.acl = if opts.allow_other {
+        SessionACL::All
+    } else if opts.allow_root {
+        SessionACL::RootAndOwner
+    } else {
+        SessionACL::Owner
+    };
+    config.n_threads = Some(WORKERS);
+    config.clone_fd = true;
+    let mut session =
+        Session::new(fs, mountpoint, &config).map_err(|source| DaemonError::Mount {
+            path: mountpoint.to_owned(),
+            source,
+        })?;
+    let unmounter = Arc::new(Mutex::new(session.unmount_callable()));
+    let mp = mountpoint.to_owned();
+
+    let unmount = {
+        let (repo, unmounter, mp) = (repo.clone(), unmounter.clone(), mp.clone());
+        move || -> Result<(), String> {
+            repo.flush_all().map_err(|e| e.to_string())?;
+            unmounter.lock().unmount().map_err(|e| {
+                format!(
+                    "cannot unmount {}: {e} (is a file on it open, or a loop device attached?)",
+                    mp.display()
+                )
+            })
+        }
+    };
+    control::serve(
+        repo.clone(),
+        ServerHooks {
+            unmount: Box::new(unmount.clone()),
+        },
+    )
+    .map_err(DaemonError::Control)?;
+    watch_signals(unmount, mp.clone());
+    tune_readahead(&mp);
+    log::info!("serving {} at {}", repo.path().display(), mp.display());
+    ready();
+
+    let served = session.run();
+    control::remove_socket(repo.path());
+    repo.flush_all()?;
+    log::info!("unmounted {}", mp.display());
+    served.map_err(|source| DaemonError::Mount { path: mp, source })
+}
+
+fn check_mountpoint(mp: &Path) -> Result<(), DaemonError> {
+    match std::fs::metadata(mp) {
+        Ok(md) if md.is_dir() => Ok(()),
+        Ok(_) => Err(DaemonError::MountPoint {
+            path: mp.to_owned(),
+            source: io::Error::new(io::ErrorKind::NotADirectory, "not a directory"),
+        }),
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            Err(DaemonError::StaleMount(mp.to_owned()))
+        }
+        Err(source) => Err(DaemonError::MountPoint {
+            path: mp.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// SIGTERM, SIGINT and SIGHUP unmount cleanly. If the mount is busy it is
+/// detached instead, so the daemon still flushes and stops.
+fn watch_signals(unmount: impl Fn() -> Result<(), String> + Send + 'static, mp: PathBuf) {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]) {
+        Ok(s) => s,
+        Err(e) => {
+            log::error!("cannot watch signals: {e}");
+            return;
+        }
+    };
+    let _ = std::thread::Builder::new()
+        .name("strata-signals".into())
+        .spawn(move || {
+            if let Some(sig) = signals.forever().next() {
+                log::info!("signal {sig}: flushing and unmounting");
+                if let Err(e) = unmount() {
+                    log::warn!("{e}; detaching instead");
+                    if let Err(e) = sys::umount_detach(&mp) {
+                        log::error!("detaching {}: {e}", mp.display());
+                    }
+                }
+            }
+        });
+}
+
+/// Raises the mount's read-ahead window to 1 MiB (the kernel's FUSE default
+/// is 128 KiB): +20-30 % on sequential reads (shared/PERF-NOTES.md). Best
+/// effort: it needs root and sysfs.
+fn tune_readahead(mp: &Path) {
+    let Some(dev) = mount_device(mp) else { return };
+    let path = format!("/sys/class/bdi/{dev}/read_ahead_kb");
+    if let Err(e) = std::fs::write(&path, "1024") {
+        log::debug!("{path}: {e}");
+    }
+}
+
+/// The `major:minor` of the mount at `mp`, from /proc/self/mountinfo (a
+/// `stat` of the mount point would ask this very daemon, which is not
+/// serving yet).
+fn mount_device(mp: &Path) -> Option<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let want = mp.to_str()?;
+    info.lines().rev().find_map(|line| {
+        let f: Vec<&str> = line.split(' ').collect();
+        (f.get(4) == Some(&want)).then(|| f.get(2).map(|s| s.to_string()))?
+    })
+}
+
+/// Finds the strata mount at `mp`: the repository it serves, from
+/// /proc/self/mountinfo. Its source is the repository's path; its type is
+/// `fuse` when mounted directly (the kernel keeps no subtype then) or
+/// `fuse.strata` through fusermount3.
+pub fn mounted_repository(mp: &Path) -> Option<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let want = mp.to_str()?;
+    info.lines().rev().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        let f: Vec<&str> = left.split(' ').collect();
+        let r: Vec<&str> = right.split(' ').collect();
+        let fuse = matches!(r.first(), Some(&"fuse") | Some(&"fuse.strata"));
+        let repo = PathBuf::from(unescape(r.get(1)?));
+        (f.get(4) == Some(&want) && fuse && repo.join("strata.repo").is_file()).then_some(repo)
+    })
+}
+
+/// mountinfo escapes space, tab, newline and backslash as octal.
+fn unescape(s: &str) -> String {
+    let mut out = String::new();
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
+            out.push(v as char);
+            i += 4;
+        } else {
+            out.push(b[i] as char);
+            i += 1;
+        }
+    }
+    out
+}

@@ -1,0 +1,74 @@
+//! Inode numbers for the mount's tree. A node keeps the number it was first
+//! given for the life of the mount, so the kernel's caches stay coherent.
+
+use std::collections::HashMap;
+
+use parking_lot::Mutex;
+
+use crate::store::{DiskName, SnapshotRef};
+
+/// What an inode stands for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Node {
+    Root,
+    /// `<disk>/`
+    DiskDir(DiskName),
+    /// `<disk>/live.img`
+    Live(DiskName),
+    /// `<disk>/snapshots/`
+    SnapDir(DiskName),
+    /// `<disk>/snapshots/<snap>.img`
+    SnapImg(SnapshotRef),
+}
+
+impl Node {
+    pub fn is_dir(&self) -> bool {
+        matches!(self, Node::Root | Node::DiskDir(_) | Node::SnapDir(_))
+    }
+}
+
+pub const ROOT_INO: u64 = 1;
+
+pub struct Inodes {
+    inner: Mutex<Table>,
+}
+
+struct Table {
+    by_node: HashMap<Node, u64>,
+    by_ino: HashMap<u64, Node>,
+    next: u64,
+}
+
+impl Default for Inodes {
+    fn default() -> Self {
+        let mut t = Table {
+            by_node: HashMap::new(),
+            by_ino: HashMap::new(),
+            next: ROOT_INO + 1,
+        };
+        t.by_node.insert(Node::Root, ROOT_INO);
+        t.by_ino.insert(ROOT_INO, Node::Root);
+        Inodes {
+            inner: Mutex::new(t),
+        }
+    }
+}
+
+impl Inodes {
+    /// The inode number of `node`, assigning one on first sight.
+    pub fn ino(&self, node: &Node) -> u64 {
+        let mut t = self.inner.lock();
+        if let Some(&ino) = t.by_node.get(node) {
+            return ino;
+        }
+        let ino = t.next;
+        t.next += 1;
+        t.by_node.insert(node.clone(), ino);
+        t.by_ino.insert(ino, node.clone());
+        ino
+    }
+
+    pub fn node(&self, ino: u64) -> Option<Node> {
+        self.inner.lock().by_ino.get(&ino).cloned()
+    }
+}

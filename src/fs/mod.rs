@@ -1,0 +1,706 @@
+//! The FUSE driver: every disk and snapshot of a repository as an image file.
+//!
+//! ```text
+//! MOUNTPOINT/<disk>/live.img               read-write, the disk's live image
+//! MOUNTPOINT/<disk>/snapshots/<snap>.img   read-only, the disk as it was
+//! ```
+//!
+//! Handlers decode the request, call the store, and reply; they never panic
+//! on a failure. Writes go through to the store before they are
+//! acknowledged (no write-back cache), so a snapshot holds every write that
+//! returned to its writer. Snapshot images never change, so they are opened
+//! with `FOPEN_KEEP_CACHE` and given long attribute lifetimes.
+
+pub mod daemon;
+mod inodes;
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory,
+    ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow,
+    WriteFlags,
+};
+use parking_lot::{Mutex, RwLock};
+
+use crate::store::{
+    Disk, DiskName, ImageRead, Repository, SnapName, Snapshot, SnapshotRef, StoreError,
+};
+use crate::sys;
+use inodes::{Inodes, Node};
+
+/// How long the kernel may trust what it is told about directories and the
+/// live image, which change; and about snapshots, which do not.
+const TTL_CHANGING: Duration = Duration::from_secs(1);
+const TTL_IMMUTABLE: Duration = Duration::from_secs(3600);
+const LIVE_NAME: &str = "live.img";
+const SNAP_DIR: &str = "snapshots";
+const IMG_SUFFIX: &str = ".img";
+/// Largest read or write the kernel will send (its request cap is 1 MiB).
+const MAX_IO: u32 = 1 << 20;
+
+enum Open {
+    Live(Arc<Disk>),
+    Snapshot(Arc<Snapshot>),
+}
+
+impl Open {
+    fn image(&self) -> &dyn ImageRead {
+        match self {
+            Open::Live(d) => d.as_ref(),
+            Open::Snapshot(s) => s.as_ref(),
+        }
+    }
+}
+
+pub struct StrataFs {
+    repo: Arc<Repository>,
+    read_only: bool,
+    uid: u32,
+    gid: u32,
+    mounted: SystemTime,
+    inodes: Inodes,
+    handles: RwLock<HashMap<u64, Arc<Open>>>,
+    next_fh: AtomicU64,
+    /// When each live image was last written through this mount.
+    written: Mutex<HashMap<DiskName, SystemTime>>,
+}
+
+fn errno(e: &StoreError) -> Errno {
+    Errno::from_i32(e.errno())
+}
+
+fn from_ns(ns: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_nanos(ns)
+}
+
+impl StrataFs {
+    pub fn new(repo: Arc<Repository>, read_only: bool) -> StrataFs {
+        StrataFs {
+            repo,
+            read_only,
+            uid: sys::effective_uid(),
+            gid: sys::effective_gid(),
+            mounted: SystemTime::now(),
+            inodes: Inodes::default(),
+            handles: RwLock::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            written: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn attr(&self, ino: u64, node: &Node) -> Result<(FileAttr, Duration), Errno> {
+        let base = |kind, perm, size, blocks, time, ttl| {
+            (
+                FileAttr {
+                    ino: INodeNo(ino),
+                    size,
+                    blocks,
+                    atime: time,
+                    mtime: time,
+                    ctime: time,
+                    crtime: time,
+                    kind,
+                    perm,
+                    nlink: if kind == FileType::Directory { 2 } else { 1 },
+                    uid: self.uid,
+                    gid: self.gid,
+                    rdev: 0,
+                    blksize: 1 << 16,
+                    flags: 0,
+                },
+                ttl,
+            )
+        };
+        let dir = |time| base(FileType::Directory, 0o755, 0, 0, time, TTL_CHANGING);
+        Ok(match node {
+            Node::Root => dir(self.mounted),
+            Node::DiskDir(d) | Node::SnapDir(d) => {
+                let info = self.repo.disk_info(d).map_err(|e| errno(&e))?;
+                dir(from_ns(info.created))
+            }
+            Node::Live(d) => {
+                let info = self.repo.disk_info(d).map_err(|e| errno(&e))?;
+                let live = self.repo.disk(d).and_then(|d| d.live_stored_bytes());
+                let stored = live.map_err(|e| errno(&e))?;
+                let time = self
+                    .written
+                    .lock()
+                    .get(d)
+                    .copied()
+                    .unwrap_or(from_ns(info.created));
+                let perm = if self.read_only { 0o444 } else { 0o644 };
+                base(
+                    FileType::RegularFile,
+                    perm,
+                    info.size,
+                    stored.div_ceil(512),
+                    time,
+                    TTL_CHANGING,
+                )
+            }
+            Node::SnapImg(r) => {
+                let info = self.repo.snapshot_info(r).map_err(|e| errno(&e))?;
+                let blocks = info.stored_bytes.div_ceil(512);
+                base(
+                    FileType::RegularFile,
+                    0o444,
+                    info.size,
+                    blocks,
+                    from_ns(info.taken),
+                    TTL_IMMUTABLE,
+                )
+            }
+        })
+    }
+
+    fn node(&self, ino: INodeNo) -> Result<Node, Errno> {
+        self.inodes.node(ino.0).ok_or(Errno::ENOENT)
+    }
+
+    fn child(&self, parent: &Node, name: &OsStr) -> Result<Node, Errno> {
+        let name = name.to_str().ok_or(Errno::ENOENT)?;
+        let node = match parent {
+            Node::Root => Node::DiskDir(DiskName::parse(name).map_err(|_| Errno::ENOENT)?),
+            Node::DiskDir(d) if name == LIVE_NAME => Node::Live(d.clone()),
+            Node::DiskDir(d) if name == SNAP_DIR => Node::SnapDir(d.clone()),
+            Node::SnapDir(d) => {
+                let snap = name.strip_suffix(IMG_SUFFIX).ok_or(Errno::ENOENT)?;
+                Node::SnapImg(SnapshotRef {
+                    disk: d.clone(),
+                    snap: SnapName::parse(snap).map_err(|_| Errno::ENOENT)?,
+                })
+            }
+            _ => return Err(Errno::ENOENT),
+        };
+        Ok(node)
+    }
+
+    /// The entries of a directory, `.` and `..` first.
+    fn entries(&self, node: &Node) -> Result<Vec<(Node, FileType, String)>, Errno> {
+        let dot = |n: &Node| (n.clone(), FileType::Directory, ".".to_string());
+        let dotdot = |n: Node| (n, FileType::Directory, "..".to_string());
+        Ok(match node {
+            Node::Root => {
+                let mut v = vec![dot(node), dotdot(Node::Root)];
+                for info in self.repo.disks().map_err(|e| errno(&e))? {
+                    if let Ok(d) = DiskName::parse(&info.name) {
+                        v.push((Node::DiskDir(d), FileType::Directory, info.name));
+                    }
+                }
+                v
+            }
+            Node::DiskDir(d) => vec![
+                dot(node),
+                dotdot(Node::Root),
+                (
+                    Node::Live(d.clone()),
+                    FileType::RegularFile,
+                    LIVE_NAME.into(),
+                ),
+                (
+                    Node::SnapDir(d.clone()),
+                    FileType::Directory,
+                    SNAP_DIR.into(),
+                ),
+            ],
+            Node::SnapDir(d) => {
+                let mut v = vec![dot(node), dotdot(Node::DiskDir(d.clone()))];
+                for s in self.repo.snapshots(d).map_err(|e| errno(&e))? {
+                    if let Ok(snap) = SnapName::parse(&s.name) {
+                        let r = SnapshotRef {
+                            disk: d.clone(),
+                            snap,
+                        };
+                        v.push((
+                            Node::SnapImg(r),
+                            FileType::RegularFile,
+                            format!("{}{IMG_SUFFIX}", s.name),
+                        ));
+                    }
+                }
+                v
+            }
+            Node::Live(_) | Node::SnapImg(_) => return Err(Errno::ENOTDIR),
+        })
+    }
+
+    fn handle(&self, fh: FileHandle) -> Result<Arc<Open>, Errno> {
+        self.handles.read().get(&fh.0).cloned().ok_or(Errno::EBADF)
+    }
+
+    /// The errno for changing something under `parent`: snapshots are
+    /// read-only, the rest of the tree is shaped by the repository.
+    fn refuse_change(&self, parent: INodeNo) -> Errno {
+        match self.inodes.node(parent.0) {
+            Some(Node::SnapDir(_)) | Some(Node::SnapImg(_)) => Errno::EROFS,
+            _ if self.read_only => Errno::EROFS,
+            _ => Errno::EPERM,
+        }
+    }
+
+    fn open_node(&self, node: &Node, flags: OpenFlags) -> Result<(Open, FopenFlags), Errno> {
+        let writing = flags.acc_mode() != OpenAccMode::O_RDONLY;
+        match node {
+            Node::Live(d) => {
+                if writing && self.read_only {
+                    return Err(Errno::EROFS);
+                }
+                // O_TRUNC is ignored, as a block device ignores it: the
+                // image keeps its size (FUSE_ATOMIC_O_TRUNC delivers it here).
+                let disk = self.repo.disk(d).map_err(|e| errno(&e))?;
+                Ok((Open::Live(disk), FopenFlags::empty()))
+            }
+            Node::SnapImg(r) => {
+                if writing || flags.0 & libc::O_TRUNC != 0 {
+                    return Err(Errno::EROFS);
+                }
+                let snap = self.repo.open_snapshot(r).map_err(|e| errno(&e))?;
+                Ok((Open::Snapshot(Arc::new(snap)), FopenFlags::FOPEN_KEEP_CACHE))
+            }
+            _ => Err(Errno::EISDIR),
+        }
+    }
+}
+
+impl Filesystem for StrataFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // Each is best effort: an older kernel offers less, and that is fine.
+        for cap in [
+            InitFlags::FUSE_ATOMIC_O_TRUNC,
+            InitFlags::FUSE_ASYNC_DIO,
+            InitFlags::FUSE_PARALLEL_DIROPS,
+        ] {
+            let _ = config.add_capabilities(cap);
+        }
+        let _ = config
+            .set_max_write(MAX_IO)
+            .or_else(|max| config.set_max_write(max));
+        let _ = config
+            .set_max_readahead(MAX_IO)
+            .or_else(|max| config.set_max_readahead(max));
+        let _ = config.set_max_background(64);
+        Ok(())
+    }
+
+    fn destroy(&mut self) {
+        if let Err(e) = self.repo.flush_all() {
+            log::error!("flushing on unmount: {e}");
+        }
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let result = self
+            .node(parent)
+            .and_then(|p| self.child(&p, name))
+            .and_then(|node| {
+                let ino = self.inodes.ino(&node);
+                self.attr(ino, &node)
+            });
+        match result {
+            Ok((attr, ttl)) => reply.entry(&ttl, &attr, Generation(0)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.node(ino).and_then(|n| self.attr(ino.0, &n)) {
+            Ok((attr, ttl)) => reply.attr(&ttl, &attr),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let result = self.node(ino).and_then(|node| {
+            let (attr, ttl) = self.attr(ino.0, &node)?;
+            let resize = size.is_some_and(|s| s != attr.size);
+            let owner = mode.is_some() || uid.is_some() || gid.is_some();
+            let times = atime.is_some() || mtime.is_some();
+            match node {
+                Node::SnapImg(_) if resize || owner || times => Err(Errno::EROFS),
+                Node::Live(_) if resize && self.read_only => Err(Errno::EROFS),
+                // An image has the disk's size; a disk is not resized by truncate.
+                Node::Live(_) if resize || owner => Err(Errno::EPERM),
+                _ if node.is_dir() && (owner || resize) => Err(Errno::EPERM),
+                // Timestamps follow writes and snapshots; touching them is a no-op.
+                _ => Ok((attr, ttl)),
+            }
+        });
+        match result {
+            Ok((attr, ttl)) => reply.attr(&ttl, &attr),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn mknod(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        _name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        reply.error(self.refuse_change(parent));
+    }
+
+    fn mkdir(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        _name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        reply.error(self.refuse_change(parent));
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        reply.error(self.refuse_change(parent));
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        reply.error(self.refuse_change(parent));
+    }
+
+    fn symlink(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        _link: &OsStr,
+        _target: &std::path::Path,
+        reply: ReplyEntry,
+    ) {
+        reply.error(self.refuse_change(parent));
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        _name: &OsStr,
+        _newparent: INodeNo,
+        _newname: &OsStr,
+        _flags: fuser::RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(self.refuse_change(parent));
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        newparent: INodeNo,
+        _name: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        reply.error(self.refuse_change(newparent));
+    }
+
+    fn create(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        _name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        _flags: i32,
+        reply: fuser::ReplyCreate,
+    ) {
+        reply.error(self.refuse_change(parent));
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        match self.node(ino).and_then(|n| self.open_node(&n, flags)) {
+            Ok((open, fopen)) => {
+                let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+                self.handles.write().insert(fh, Arc::new(open));
+                reply.opened(FileHandle(fh), fopen);
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let result = self.handle(fh).and_then(|open| {
+            let img = open.image();
+            let len = (size.min(MAX_IO) as u64).min(img.size().saturating_sub(offset)) as usize;
+            let mut buf = vec![0u8; len];
+            let n = img.read_at(offset, &mut buf).map_err(|e| errno(&e))?;
+            buf.truncate(n);
+            Ok(buf)
+        });
+        match result {
+            Ok(buf) => reply.data(&buf),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let result = self.handle(fh).and_then(|open| {
+            let Open::Live(disk) = open.as_ref() else {
+                return Err(Errno::EROFS);
+            };
+            if self.read_only {
+                return Err(Errno::EROFS);
+            }
+            // Like a block device: nothing past the end, a short write at it.
+            let room = disk.size().saturating_sub(offset);
+            if room == 0 {
+                return Err(Errno::EFBIG);
+            }
+            let len = (data.len() as u64).min(room) as usize;
+            disk.write_at(offset, &data[..len]).map_err(|e| errno(&e))?;
+            self.written
+                .lock()
+                .insert(disk.name().clone(), SystemTime::now());
+            Ok(len as u32)
+        });
+        match result {
+            Ok(n) => reply.written(n),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        // Writes are already in the store; durability is fsync's job.
+        reply.ok();
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        let result = self.handle(fh).and_then(|open| match open.as_ref() {
+            Open::Live(disk) => disk.flush().map_err(|e| errno(&e)),
+            Open::Snapshot(_) => Ok(()),
+        });
+        match result {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.handles.write().remove(&fh.0);
+        reply.ok();
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.node(ino) {
+            Ok(n) if n.is_dir() => reply.opened(FileHandle(0), FopenFlags::empty()),
+            Ok(_) => reply.error(Errno::ENOTDIR),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let entries = match self.node(ino).and_then(|n| self.entries(&n)) {
+            Ok(e) => e,
+            Err(e) => return reply.error(e),
+        };
+        for (i, (node, kind, name)) in entries.into_iter().enumerate().skip(offset as usize) {
+            let child = self.inodes.ino(&node);
+            if reply.add(INodeNo(child), i as u64 + 1, kind, name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        match sys::statvfs(self.repo.path()) {
+            Ok(s) => reply.statfs(
+                s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, 255, s.bsize,
+            ),
+            Err(e) => reply.error(Errno::from(e)),
+        }
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        let result = self.handle(fh).and_then(|open| {
+            let Open::Live(disk) = open.as_ref() else {
+                return Err(Errno::EROFS);
+            };
+            if self.read_only {
+                return Err(Errno::EROFS);
+            }
+            let size = disk.size();
+            let end = offset.checked_add(length).ok_or(Errno::EINVAL)?;
+            let keep = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
+            let zeroing = mode & (libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE) != 0;
+            if mode
+                & !(libc::FALLOC_FL_KEEP_SIZE
+                    | libc::FALLOC_FL_PUNCH_HOLE
+                    | libc::FALLOC_FL_ZERO_RANGE)
+                != 0
+            {
+                return Err(Errno::from_i32(libc::EOPNOTSUPP));
+            }
+            if end > size && !keep {
+                return Err(Errno::EFBIG);
+            }
+            if zeroing && offset < size {
+                // Discard: the range reads as zeros and whole blocks cost nothing.
+                disk.discard(offset, end.min(size) - offset)
+                    .map_err(|e| errno(&e))?;
+                self.written
+                    .lock()
+                    .insert(disk.name().clone(), SystemTime::now());
+            }
+            // Plain allocation: a thin disk reserves nothing, so it is done.
+            Ok(())
+        });
+        match result {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    // Images carry no extended attributes. ENOSYS tells the kernel once, and
+    // it stops asking (fuser's default would log each probe).
+    fn getxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _size: u32,
+        reply: fuser::ReplyXattr,
+    ) {
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: fuser::ReplyXattr) {
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _name: &OsStr,
+        _value: &[u8],
+        _flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(self.refuse_change(ino));
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        reply.error(self.refuse_change(ino));
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        let result = self.handle(fh).and_then(|open| {
+            let img = open.image();
+            let offset = u64::try_from(offset).map_err(|_| Errno::EINVAL)?;
+            if offset >= img.size() {
+                return Err(Errno::ENXIO);
+            }
+            let pos = match whence {
+                libc::SEEK_DATA => img
+                    .seek_data(offset)
+                    .map_err(|e| errno(&e))?
+                    .ok_or(Errno::ENXIO)?,
+                libc::SEEK_HOLE => img.seek_hole(offset).map_err(|e| errno(&e))?,
+                _ => return Err(Errno::EINVAL),
+            };
+            i64::try_from(pos).map_err(|_| Errno::EOVERFLOW)
+        });
+        match result {
+            Ok(pos) => reply.offset(pos),
+            Err(e) => reply.error(e),
+        }
+    }
+}
