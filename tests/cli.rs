@@ -1,11 +1,14 @@
 //! The commands as a user runs them: create, import, snapshot, list, export.
 
+mod common;
+
 use std::fs::{self, File};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
 use std::process::Command;
 
-use strata::sys;
+use common::assert_same_sparse;
+use strata::store::{DiskName, ImageRead, Repository, SnapName};
 
 const STRATA: &str = env!("CARGO_BIN_EXE_strata");
 
@@ -26,42 +29,6 @@ fn strata(repo: &Path, args: &[&str]) -> String {
 
 fn json(repo: &Path, args: &[&str]) -> serde_json::Value {
     serde_json::from_str(&strata(repo, args)).unwrap()
-}
-
-/// Compares two sparse files through their data regions only, so that two
-/// 1 TiB files holding a little data compare in milliseconds. Where either
-/// has data both are read; everywhere else both are holes, hence zeros.
-fn assert_same_sparse(a: &Path, b: &Path) {
-    let (fa, fb) = (File::open(a).unwrap(), File::open(b).unwrap());
-    let size = fa.metadata().unwrap().len();
-    assert_eq!(size, fb.metadata().unwrap().len(), "sizes differ");
-    let next = |pos| {
-        [&fa, &fb]
-            .iter()
-            .filter_map(|f| sys::seek_data(f, pos).unwrap())
-            .min()
-    };
-    let mut pos = 0;
-    let (mut ba, mut bb) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
-    while let Some(start) = next(pos) {
-        let end = sys::seek_hole(&fa, start)
-            .unwrap()
-            .max(sys::seek_hole(&fb, start).unwrap());
-        let mut at = start;
-        while at < end {
-            let n = ((end - at) as usize).min(ba.len());
-            fa.read_exact_at(&mut ba[..n], at).unwrap();
-            fb.read_exact_at(&mut bb[..n], at).unwrap();
-            assert!(
-                ba[..n] == bb[..n],
-                "{} and {} differ near offset {at}",
-                a.display(),
-                b.display()
-            );
-            at += n as u64;
-        }
-        pos = end;
-    }
 }
 
 #[test]
@@ -200,4 +167,35 @@ fn default_repository_location() {
         ("STRATA_REPO", &dir.path().join("r")),
     ]);
     assert!(dir.path().join("r/strata.repo").is_file());
+}
+
+#[test]
+fn whole_zero_blocks_cost_no_space() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = Repository::init(&dir.path().join("repo")).unwrap();
+    let name = DiskName::parse("z").unwrap();
+    repo.create_disk(&name, 64 << 20, 65536).unwrap();
+    let disk = repo.disk(&name).unwrap();
+    disk.write_at(0, &vec![0u8; 16 << 20]).unwrap();
+    disk.flush().unwrap();
+    assert_eq!(
+        disk.live_stored_bytes().unwrap(),
+        0,
+        "16 MiB of zero blocks took space"
+    );
+    // Over data, whole zero blocks give the space back.
+    disk.write_at(1 << 20, &vec![5u8; 4 << 20]).unwrap();
+    disk.write_at(1 << 20, &vec![0u8; 4 << 20]).unwrap();
+    disk.flush().unwrap();
+    assert_eq!(disk.live_stored_bytes().unwrap(), 0);
+    let s = repo
+        .snapshot(&name, Some(SnapName::parse("s").unwrap()))
+        .unwrap();
+    assert_eq!(s.stored_bytes, 0);
+    // 16 MiB of 64 KiB blocks: written zeros are still the snapshot's own
+    // blocks (they would cover older data), they just take no space.
+    assert_eq!(s.blocks, 256);
+    let mut buf = vec![1u8; 8 << 20];
+    disk.read_at(0, &mut buf).unwrap();
+    assert!(buf.iter().all(|&b| b == 0));
 }

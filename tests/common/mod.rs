@@ -1,0 +1,249 @@
+//! Shared by the tests that mount for real: a repository mounted with the
+//! real `strata mount`, unmounted (and its daemon stopped, by PID) when the
+//! guard drops, also when a test fails.
+#![allow(dead_code)]
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+pub const STRATA: &str = env!("CARGO_BIN_EXE_strata");
+
+/// Whether FUSE can run here; tests that need it skip, saying why, if not.
+pub fn fuse_available() -> bool {
+    if Path::new("/dev/fuse").exists() {
+        return true;
+    }
+    eprintln!("skipping: /dev/fuse is missing on this machine");
+    false
+}
+
+/// Runs `strata --repo REPO ARGS`.
+pub fn strata(repo: &Path, args: &[&str]) -> Output {
+    Command::new(STRATA)
+        .arg("--repo")
+        .arg(repo)
+        .args(args)
+        .output()
+        .expect("run strata")
+}
+
+/// Runs a strata command that must succeed; returns its stdout.
+pub fn strata_ok(repo: &Path, args: &[&str]) -> String {
+    let out = strata(repo, args);
+    assert!(
+        out.status.success(),
+        "strata {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs a shell command that must succeed; returns its stdout.
+pub fn sh(cmd: &str) -> String {
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(cmd)
+        .output()
+        .expect("run bash");
+    assert!(
+        out.status.success(),
+        "`{cmd}` failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn is_mounted(mp: &Path) -> bool {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mp = mp.to_str().unwrap_or_default();
+    info.lines().any(|l| l.split(' ').nth(4) == Some(mp))
+}
+
+pub fn pid_alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
+}
+
+pub fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub struct Mounted {
+    pub dir: tempfile::TempDir,
+    pub repo: PathBuf,
+    pub mp: PathBuf,
+    pub pid: u32,
+}
+
+impl Mounted {
+    /// A new repository with `disks` (name, size) mounted with `extra` args.
+    pub fn new(disks: &[(&str, &str)], extra: &[&str]) -> Mounted {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let repo = dir.path().join("repo");
+        let mp = dir.path().join("mnt");
+        std::fs::create_dir(&mp).expect("mkdir");
+        strata_ok(&repo, &["init"]);
+        for (name, size) in disks {
+            strata_ok(&repo, &["disk", "create", name, "--size", size]);
+        }
+        let mut m = Mounted {
+            dir,
+            repo,
+            mp,
+            pid: 0,
+        };
+        m.mount(extra);
+        m
+    }
+
+    pub fn mount(&mut self, extra: &[&str]) {
+        let mut args = vec!["mount", self.mp.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        strata_ok(&self.repo, &args);
+        self.pid = std::fs::read_to_string(self.repo.join("lock"))
+            .expect("lock file")
+            .trim()
+            .parse()
+            .expect("daemon PID in the lock file");
+        assert!(
+            is_mounted(&self.mp),
+            "strata mount returned before the mount was there"
+        );
+    }
+
+    pub fn umount(&mut self) {
+        strata_ok(&self.repo, &["umount", self.mp.to_str().unwrap()]);
+        assert!(!is_mounted(&self.mp));
+        let pid = self.pid;
+        wait_until("the daemon to exit", || !pid_alive(pid));
+    }
+
+    pub fn live(&self, disk: &str) -> PathBuf {
+        self.mp.join(disk).join("live.img")
+    }
+
+    pub fn snap(&self, disk: &str, snap: &str) -> PathBuf {
+        self.mp
+            .join(disk)
+            .join("snapshots")
+            .join(format!("{snap}.img"))
+    }
+
+    pub fn snapshot(&self, disk: &str, snap: &str) {
+        strata_ok(&self.repo, &["snapshot", "create", disk, "--name", snap]);
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if is_mounted(&self.mp) {
+            let _ = Command::new(STRATA).arg("umount").arg(&self.mp).output();
+        }
+        if is_mounted(&self.mp) {
+            let _ = Command::new("umount").arg("-l").arg(&self.mp).output();
+        }
+        if self.pid != 0 && pid_alive(self.pid) {
+            let _ = Command::new("kill")
+                .arg("-9")
+                .arg(self.pid.to_string())
+                .output();
+        }
+    }
+}
+
+/// A loop device attached to `file`, detached (after unmounting what was
+/// mounted from it) on drop.
+pub struct Loop {
+    pub dev: String,
+    mounts: Vec<PathBuf>,
+}
+
+impl Loop {
+    pub fn attach(file: &Path, read_only: bool) -> Loop {
+        let ro = if read_only { "-r" } else { "" };
+        let dev = sh(&format!("losetup -f --show {ro} '{}'", file.display()))
+            .trim()
+            .to_string();
+        Loop {
+            dev,
+            mounts: vec![],
+        }
+    }
+
+    pub fn mount(&mut self, dir: &Path, opts: &str) {
+        std::fs::create_dir_all(dir).expect("mkdir");
+        sh(&format!("mount -o {opts} {} '{}'", self.dev, dir.display()));
+        self.mounts.push(dir.to_owned());
+    }
+
+    pub fn umount(&mut self, dir: &Path) {
+        sh(&format!("umount '{}'", dir.display()));
+        self.mounts.retain(|d| d != dir);
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        for d in self.mounts.iter().rev() {
+            let _ = Command::new("umount").arg(d).output();
+            if is_mounted(d) {
+                let _ = Command::new("umount").arg("-l").arg(d).output();
+            }
+        }
+        let _ = Command::new("losetup").arg("-d").arg(&self.dev).output();
+    }
+}
+
+/// Compares two files through their data regions (SEEK_DATA), so files of
+/// many GiB holding little data compare quickly; holes read as zeros.
+pub fn assert_same_sparse(a: &Path, b: &Path) {
+    let (fa, fb) = (File::open(a).unwrap(), File::open(b).unwrap());
+    let size = fa.metadata().unwrap().len();
+    assert_eq!(size, fb.metadata().unwrap().len(), "sizes differ");
+    let seek = |f: &File, pos: u64, what| strata::sys::seek_data(f, pos).unwrap().filter(|_| what);
+    let next = |pos| {
+        [seek(&fa, pos, true), seek(&fb, pos, true)]
+            .into_iter()
+            .flatten()
+            .min()
+    };
+    let mut pos = 0;
+    let (mut ba, mut bb) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+    while let Some(start) = next(pos) {
+        let end = strata::sys::seek_hole(&fa, start)
+            .unwrap()
+            .max(strata::sys::seek_hole(&fb, start).unwrap());
+        let mut at = start;
+        while at < end {
+            let n = ((end - at) as usize).min(ba.len());
+            fa.read_exact_at(&mut ba[..n], at).unwrap();
+            fb.read_exact_at(&mut bb[..n], at).unwrap();
+            assert!(
+                ba[..n] == bb[..n],
+                "{} and {} differ near {at}",
+                a.display(),
+                b.display()
+            );
+            at += n as u64;
+        }
+        pos = end;
+        if pos >= size {
+            break;
+        }
+    }
+}
