@@ -154,6 +154,18 @@ pub fn prefetch(file: &File, offset: u64, len: u64) -> io::Result<()> {
     }
 }
 
+/// Drops a file's clean pages from the page cache
+/// (`posix_fadvise(DONTNEED)`), so its next read is a first read.
+pub fn drop_cached_pages(file: &File) -> io::Result<()> {
+    // SAFETY: posix_fadvise takes integers only.
+    let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::from_raw_os_error(rc))
+    }
+}
+
 pub fn effective_uid() -> u32 {
     // SAFETY: geteuid cannot fail and has no arguments.
     unsafe { libc::geteuid() }

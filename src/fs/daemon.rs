@@ -52,27 +52,7 @@ pub fn run(
     let repo = Arc::new(Repository::open(repo)?);
     let fs = StrataFs::new(repo.clone(), opts.read_only);
 
-    let mut config = Config::default();
-    config.mount_options = vec![
-        MountOption::FSName(repo.path().display().to_string()),
-        MountOption::Subtype("strata".into()),
-        MountOption::DefaultPermissions,
-        MountOption::NoAtime,
-        if opts.read_only {
-            MountOption::RO
-        } else {
-            MountOption::RW
-        },
-    ];
-    config.acl = if opts.allow_other {
-        SessionACL::All
-    } else if opts.allow_root {
-        SessionACL::RootAndOwner
-    } else {
-        SessionACL::Owner
-    };
-    config.n_threads = Some(WORKERS);
-    config.clone_fd = true;
+    let config = session_config(&repo.path().display().to_string(), opts);
     let mut session =
         Session::new(fs, mountpoint, &config).map_err(|source| DaemonError::Mount {
             path: mountpoint.to_owned(),
@@ -110,6 +90,33 @@ pub fn run(
     repo.flush_all()?;
     log::info!("unmounted {}", mp.display());
     served.map_err(|source| DaemonError::Mount { path: mp, source })
+}
+
+/// The session settings of a strata mount (threads, options, access);
+/// public so a benchmark's baseline file system can use the same.
+pub fn session_config(source: &str, opts: &MountOptions) -> Config {
+    let mut config = Config::default();
+    config.mount_options = vec![
+        MountOption::FSName(source.to_string()),
+        MountOption::Subtype("strata".into()),
+        MountOption::DefaultPermissions,
+        MountOption::NoAtime,
+        if opts.read_only {
+            MountOption::RO
+        } else {
+            MountOption::RW
+        },
+    ];
+    config.acl = if opts.allow_other {
+        SessionACL::All
+    } else if opts.allow_root {
+        SessionACL::RootAndOwner
+    } else {
+        SessionACL::Owner
+    };
+    config.n_threads = Some(WORKERS);
+    config.clone_fd = true;
+    config
 }
 
 fn check_mountpoint(mp: &Path) -> Result<(), DaemonError> {
@@ -158,7 +165,7 @@ fn watch_signals(unmount: impl Fn() -> Result<(), String> + Send + 'static, mp: 
 /// Raises the mount's read-ahead window to 1 MiB (the kernel's FUSE default
 /// is 128 KiB): +20-30 % on sequential reads (shared/PERF-NOTES.md). Best
 /// effort: it needs root and sysfs.
-fn tune_readahead(mp: &Path) {
+pub fn tune_readahead(mp: &Path) {
     let Some(dev) = mount_device(mp) else { return };
     let path = format!("/sys/class/bdi/{dev}/read_ahead_kb");
     if let Err(e) = std::fs::write(&path, "1024") {

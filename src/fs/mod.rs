@@ -47,13 +47,16 @@ const MAX_IO: u32 = 1 << 20;
 enum Open {
     Live(Arc<Disk>),
     Snapshot(Arc<Snapshot>),
+    /// A snapshot the kernel reads from its one layer file itself; the
+    /// backing id must live as long as the open file.
+    Passthrough(Arc<Snapshot>, Arc<fuser::BackingId>),
 }
 
 impl Open {
     fn image(&self) -> &dyn ImageRead {
         match self {
             Open::Live(d) => d.as_ref(),
-            Open::Snapshot(s) => s.as_ref(),
+            Open::Snapshot(s) | Open::Passthrough(s, _) => s.as_ref(),
         }
     }
 }
@@ -61,6 +64,8 @@ impl Open {
 pub struct StrataFs {
     repo: Arc<Repository>,
     read_only: bool,
+    /// The kernel agreed to FUSE passthrough (it needs root).
+    passthrough: bool,
     uid: u32,
     gid: u32,
     mounted: SystemTime,
@@ -69,6 +74,9 @@ pub struct StrataFs {
     next_fh: AtomicU64,
     /// When each live image was last written through this mount.
     written: Mutex<HashMap<DiskName, SystemTime>>,
+    /// The backing file of each passthrough inode while it is open: the
+    /// kernel allows one backing file per inode, shared by all its opens.
+    backings: Mutex<HashMap<u64, std::sync::Weak<fuser::BackingId>>>,
 }
 
 fn errno(e: &StoreError) -> Errno {
@@ -84,6 +92,7 @@ impl StrataFs {
         StrataFs {
             repo,
             read_only,
+            passthrough: false,
             uid: sys::effective_uid(),
             gid: sys::effective_gid(),
             mounted: SystemTime::now(),
@@ -91,6 +100,7 @@ impl StrataFs {
             handles: RwLock::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             written: Mutex::new(HashMap::new()),
+            backings: Mutex::new(HashMap::new()),
         }
     }
 
@@ -244,6 +254,36 @@ impl StrataFs {
         }
     }
 
+    /// The backing file of a flat snapshot, if passthrough is on: the one
+    /// already registered for this inode, or a new one. Any failure just
+    /// means the daemon serves the reads itself.
+    fn backing(
+        &self,
+        ino: u64,
+        snap: &Snapshot,
+        reply: &ReplyOpen,
+    ) -> Option<Arc<fuser::BackingId>> {
+        if !self.passthrough {
+            return None;
+        }
+        let path = snap.flat_file()?;
+        let mut backings = self.backings.lock();
+        if let Some(id) = backings.get(&ino).and_then(|w| w.upgrade()) {
+            return Some(id);
+        }
+        let file = std::fs::File::open(&path)
+            .map_err(|e| log::debug!("{}: {e}", path.display()))
+            .ok()?;
+        let id = reply
+            .open_backing(&file)
+            .map_err(|e| log::debug!("passthrough for {}: {e}", path.display()))
+            .ok()?;
+        let id = Arc::new(id);
+        backings.retain(|_, w| w.strong_count() > 0);
+        backings.insert(ino, Arc::downgrade(&id));
+        Some(id)
+    }
+
     fn open_node(&self, node: &Node, flags: OpenFlags) -> Result<(Open, FopenFlags), Errno> {
         let writing = flags.acc_mode() != OpenAccMode::O_RDONLY;
         match node {
@@ -268,23 +308,35 @@ impl StrataFs {
     }
 }
 
+/// What strata asks of the kernel at mount time; public so a benchmark's
+/// baseline file system can ask exactly the same.
+pub fn kernel_settings(config: &mut KernelConfig) {
+    // Each is best effort: an older kernel offers less, and that is fine.
+    for cap in [
+        InitFlags::FUSE_ATOMIC_O_TRUNC,
+        InitFlags::FUSE_ASYNC_DIO,
+        InitFlags::FUSE_PARALLEL_DIROPS,
+    ] {
+        let _ = config.add_capabilities(cap);
+    }
+    let _ = config
+        .set_max_write(MAX_IO)
+        .or_else(|max| config.set_max_write(max));
+    let _ = config
+        .set_max_readahead(MAX_IO)
+        .or_else(|max| config.set_max_readahead(max));
+    let _ = config.set_max_background(64);
+}
+
 impl Filesystem for StrataFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        // Each is best effort: an older kernel offers less, and that is fine.
-        for cap in [
-            InitFlags::FUSE_ATOMIC_O_TRUNC,
-            InitFlags::FUSE_ASYNC_DIO,
-            InitFlags::FUSE_PARALLEL_DIROPS,
-        ] {
-            let _ = config.add_capabilities(cap);
-        }
-        let _ = config
-            .set_max_write(MAX_IO)
-            .or_else(|max| config.set_max_write(max));
-        let _ = config
-            .set_max_readahead(MAX_IO)
-            .or_else(|max| config.set_max_readahead(max));
-        let _ = config.set_max_background(64);
+        kernel_settings(config);
+        // Passthrough lets the kernel read a flat snapshot's layer file
+        // itself, at the host file system's own speed. Opening a backing
+        // file needs CAP_SYS_ADMIN, so only root asks for it.
+        self.passthrough = sys::effective_uid() == 0
+            && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+            && config.set_max_stack_depth(1).is_ok();
         Ok(())
     }
 
@@ -436,14 +488,26 @@ impl Filesystem for StrataFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        match self.node(ino).and_then(|n| self.open_node(&n, flags)) {
-            Ok((open, fopen)) => {
-                let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-                self.handles.write().insert(fh, Arc::new(open));
-                reply.opened(FileHandle(fh), fopen);
+        let (open, fopen) = match self.node(ino).and_then(|n| self.open_node(&n, flags)) {
+            Ok(o) => o,
+            Err(e) => return reply.error(e),
+        };
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        if let Open::Snapshot(snap) = &open {
+            if let Some(backing) = self.backing(ino.0, snap, &reply) {
+                // Recorded before the reply: the next request may use it at once.
+                let open = Arc::new(Open::Passthrough(snap.clone(), backing));
+                self.handles.write().insert(fh, open.clone());
+                if let Open::Passthrough(_, id) = open.as_ref() {
+                    // The kernel refuses KEEP_CACHE with passthrough: the
+                    // backing file's own page cache serves the reads.
+                    reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), id);
+                }
+                return;
             }
-            Err(e) => reply.error(e),
         }
+        self.handles.write().insert(fh, Arc::new(open));
+        reply.opened(FileHandle(fh), fopen);
     }
 
     fn read(
@@ -530,7 +594,7 @@ impl Filesystem for StrataFs {
     ) {
         let result = self.handle(fh).and_then(|open| match open.as_ref() {
             Open::Live(disk) => disk.flush().map_err(|e| errno(&e)),
-            Open::Snapshot(_) => Ok(()),
+            Open::Snapshot(_) | Open::Passthrough(..) => Ok(()),
         });
         match result {
             Ok(()) => reply.ok(),

@@ -177,6 +177,14 @@ impl OwnerMap {
         self.runs.insert(start, (end, layer));
     }
 
+    /// The one layer that owns every owned block, when there is exactly one:
+    /// then that layer's file alone is the whole image.
+    pub fn sole_owner(&self) -> Option<LayerId> {
+        let mut owners = self.runs.values().map(|&(_, l)| l);
+        let first = owners.next()?;
+        owners.all(|l| l == first).then_some(first)
+    }
+
     /// Splits `range` into consecutive pieces, each owned by one layer or by
     /// none.
     pub fn segments(&self, range: Range<u64>) -> Vec<(Range<u64>, Option<LayerId>)> {

@@ -36,6 +36,14 @@ impl Snapshot {
         &self.info
     }
 
+    /// When every block of the image lives in one layer, that layer's data
+    /// file read as it is *is* the image (absent blocks are holes, which read
+    /// as zeros): a file the kernel can serve directly (FUSE passthrough).
+    pub fn flat_file(&self) -> Option<std::path::PathBuf> {
+        let layer = self.map.sole_owner()?;
+        Some(self.files.paths().data(layer))
+    }
+
     fn layout(&self) -> BaseLayout<'_> {
         BaseLayout {
             geo: self.geo,

@@ -1,0 +1,444 @@
+//! Mount benchmarks (issue: the mount). Every figure is printed with a
+//! baseline from the same run and the ratio between them.
+//!
+//! Run as root: `cargo bench --bench mount` (optionally followed by
+//! `-- read`, `-- write` or `-- chain` for one part). `STRATA_BENCH_DIR=DIR`
+//! puts the ~30 GiB of scratch files elsewhere than the system temp
+//! directory.
+//!
+//! - read: sequential read of a 4 GiB snapshot image through the mount vs a
+//!   minimal FUSE file system serving zeros with the same settings (the FUSE
+//!   ceiling) vs the raw file on the host; re-read with the kernel cache
+//!   kept vs the raw file. Goals: first read ≥ 0.9× the ceiling, cached
+//!   re-read ≥ 0.8× the raw file.
+//! - write: sequential 1 MiB and random 4 KiB writes to live.img vs the raw
+//!   file.
+//! - chain: `cp` of a snapshot at chain depth 100 (1 % of blocks changed per
+//!   layer) vs `qemu-img convert -O raw` of a qcow2 chain of depth 100 with
+//!   the same writes. Goal: ≥ 3× faster.
+
+use std::ffi::OsStr;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyEntry, ReplyOpen, Request,
+};
+use strata::fs::daemon::{session_config, tune_readahead, MountOptions};
+use strata::store::{DiskName, Repository, SnapName};
+
+const STRATA: &str = env!("CARGO_BIN_EXE_strata");
+const GIB: u64 = 1 << 30;
+const SIZE: u64 = 4 * GIB;
+const BLOCK: u64 = 64 << 10;
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn fill(&mut self, buf: &mut [u8]) {
+        for c in buf.chunks_mut(8) {
+            let v = self.next().to_le_bytes();
+            c.copy_from_slice(&v[..c.len()]);
+        }
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn sh(cmd: &str) -> String {
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(cmd)
+        .output()
+        .expect("bash");
+    assert!(
+        out.status.success(),
+        "`{cmd}`: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn strata(repo: &Path, args: &[&str]) {
+    let out = Command::new(STRATA)
+        .arg("--repo")
+        .arg(repo)
+        .args(args)
+        .output()
+        .expect("strata");
+    assert!(
+        out.status.success(),
+        "strata {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn drop_all_caches() {
+    sh("sync && echo 3 > /proc/sys/vm/drop_caches");
+}
+
+/// GB/s of reading `path` start to end in 1 MiB reads.
+fn read_all(path: &Path) -> f64 {
+    let mut f = File::open(path).unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    let t = Instant::now();
+    let mut total = 0u64;
+    loop {
+        let n = f.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+    }
+    total as f64 / t.elapsed().as_secs_f64() / 1e9
+}
+
+/// First read: the file's own page cache dropped before each of 3 runs.
+fn first_read(path: &Path) -> f64 {
+    median(
+        (0..3)
+            .map(|_| {
+                strata::sys::drop_cached_pages(&File::open(path).unwrap()).unwrap();
+                read_all(path)
+            })
+            .collect(),
+    )
+}
+
+fn cached_read(path: &Path) -> f64 {
+    read_all(path);
+    median((0..3).map(|_| read_all(path)).collect())
+}
+
+/// The FUSE ceiling: one file of zeros, served with strata's settings.
+struct ZeroFs;
+static ZEROS: [u8; 1 << 20] = [0; 1 << 20];
+
+fn zero_attr(ino: u64) -> FileAttr {
+    let dir = ino == 1;
+    FileAttr {
+        ino: INodeNo(ino),
+        size: if dir { 0 } else { SIZE },
+        blocks: 0,
+        atime: UNIX_EPOCH,
+        mtime: UNIX_EPOCH,
+        ctime: UNIX_EPOCH,
+        crtime: UNIX_EPOCH,
+        kind: if dir {
+            FileType::Directory
+        } else {
+            FileType::RegularFile
+        },
+        perm: if dir { 0o755 } else { 0o444 },
+        nlink: 1,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 1 << 16,
+        flags: 0,
+    }
+}
+
+impl Filesystem for ZeroFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        strata::fs::kernel_settings(config);
+        Ok(())
+    }
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        if parent.0 == 1 && name == "zero.img" {
+            reply.entry(&Duration::from_secs(3600), &zero_attr(2), Generation(0));
+        } else {
+            reply.error(Errno::ENOENT);
+        }
+    }
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        reply.attr(&Duration::from_secs(3600), &zero_attr(ino.0));
+    }
+    fn open(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE);
+    }
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let n = (size as u64)
+            .min(SIZE.saturating_sub(offset))
+            .min(ZEROS.len() as u64);
+        reply.data(&ZEROS[..n as usize]);
+    }
+}
+
+struct Bench {
+    _dir: tempfile::TempDir,
+    work: PathBuf,
+    repo: PathBuf,
+    mp: PathBuf,
+}
+
+impl Drop for Bench {
+    fn drop(&mut self) {
+        let _ = Command::new(STRATA).arg("umount").arg(&self.mp).output();
+    }
+}
+
+fn setup() -> Bench {
+    let dir = match std::env::var_os("STRATA_BENCH_DIR") {
+        Some(b) => tempfile::tempdir_in(b),
+        None => tempfile::tempdir(),
+    }
+    .unwrap();
+    let work = dir.path().to_owned();
+    let repo = work.join("repo");
+    let mp = work.join("mnt");
+    fs::create_dir(&mp).unwrap();
+    strata(&repo, &["init"]);
+    // The same 4 GiB of data in a snapshot and in a raw file.
+    {
+        let r = Repository::open(&repo).unwrap();
+        let name = DiskName::parse("data").unwrap();
+        r.create_disk(&name, SIZE, BLOCK as u32).unwrap();
+        let d = r.disk(&name).unwrap();
+        let mut raw = File::create(work.join("raw.img")).unwrap();
+        let mut rng = Rng(2026);
+        let mut buf = vec![0u8; 8 << 20];
+        for off in (0..SIZE).step_by(buf.len()) {
+            rng.fill(&mut buf);
+            d.write_at(off, &buf).unwrap();
+            raw.write_all(&buf).unwrap();
+        }
+        raw.sync_all().unwrap();
+        r.snapshot(&name, Some(SnapName::parse("full").unwrap()))
+            .unwrap();
+    }
+    strata(&repo, &["mount", mp.to_str().unwrap()]);
+    Bench {
+        _dir: dir,
+        work,
+        repo,
+        mp,
+    }
+}
+
+fn bench_read(b: &Bench) {
+    println!("== read: 4 GiB snapshot image, 1 MiB sequential reads");
+    let zmp = b.work.join("zero");
+    fs::create_dir_all(&zmp).unwrap();
+    let zero = fuser::spawn_mount(
+        ZeroFs,
+        &zmp,
+        &session_config("zerofs", &MountOptions::default()),
+    )
+    .unwrap();
+    tune_readahead(&zmp);
+    let (snap, zimg, raw) = (
+        b.mp.join("data/snapshots/full.img"),
+        zmp.join("zero.img"),
+        b.work.join("raw.img"),
+    );
+    read_all(&snap); // the layer file in the host cache, like the raw file
+    read_all(&raw);
+    let (s, z, r) = (first_read(&snap), first_read(&zimg), cached_read(&raw));
+    println!("first read (backing data in host cache): strata {s:.2} GB/s, zero-fs ceiling {z:.2} GB/s, raw file {r:.2} GB/s");
+    println!(
+        "  strata / FUSE ceiling = {:.3} (goal >= 0.9); strata / raw = {:.3}",
+        s / z,
+        s / r
+    );
+    let (sc, rc) = (cached_read(&snap), cached_read(&raw));
+    println!("re-read, kernel cache kept: strata {sc:.2} GB/s, raw file {rc:.2} GB/s");
+    println!("  strata / raw = {:.3} (goal >= 0.8)", sc / rc);
+    let cold = |p: &Path| {
+        median(
+            (0..2)
+                .map(|_| {
+                    drop_all_caches();
+                    read_all(p)
+                })
+                .collect(),
+        )
+    };
+    let (scold, rcold) = (cold(&snap), cold(&raw));
+    println!("first read, host cache dropped too: strata {scold:.2} GB/s, raw file {rcold:.2} GB/s, ratio {:.3}", scold / rcold);
+    drop(zero);
+}
+
+/// Writes through `path` and returns (seq GB/s, random 4 KiB IOPS).
+fn write_pattern(path: &Path, random_ops: u64) -> (f64, f64) {
+    let f = OpenOptions::new().write(true).open(path).unwrap();
+    let mut rng = Rng(7);
+    let mut buf = vec![0u8; 1 << 20];
+    rng.fill(&mut buf);
+    let t = Instant::now();
+    for off in (0..SIZE).step_by(buf.len()) {
+        f.write_all_at(&buf, off).unwrap();
+    }
+    f.sync_all().unwrap();
+    let seq = SIZE as f64 / t.elapsed().as_secs_f64() / 1e9;
+    let t = Instant::now();
+    for _ in 0..random_ops {
+        let off = rng.next() % (SIZE / 4096) * 4096;
+        f.write_all_at(&buf[..4096], off).unwrap();
+    }
+    f.sync_all().unwrap();
+    (seq, random_ops as f64 / t.elapsed().as_secs_f64())
+}
+
+fn bench_write(b: &Bench) {
+    println!("== write: 4 GiB of 1 MiB sequential writes, then 40,000 random 4 KiB writes, each pass ending in fsync");
+    strata(&b.repo, &["disk", "create", "w", "--size", "4G"]);
+    let raw = b.work.join("raw-w.img");
+    File::create(&raw).unwrap().set_len(SIZE).unwrap();
+    let live = b.mp.join("w/live.img");
+    let (sseq, srand) = write_pattern(&live, 40_000);
+    let (rseq, rrand) = write_pattern(&raw, 40_000);
+    println!(
+        "sequential 1 MiB: strata {sseq:.2} GB/s, raw file {rseq:.2} GB/s, ratio {:.3}",
+        sseq / rseq
+    );
+    println!(
+        "random 4 KiB: strata {srand:.0} IOPS, raw file {rrand:.0} IOPS, ratio {:.3}",
+        srand / rrand
+    );
+    // Right after a snapshot every first write to a block copies it up.
+    strata(&b.repo, &["snapshot", "create", "w", "--name", "s"]);
+    let f = OpenOptions::new().write(true).open(&live).unwrap();
+    let mut rng = Rng(11);
+    let t = Instant::now();
+    for _ in 0..40_000u64 {
+        let off = rng.next() % (SIZE / 4096) * 4096;
+        f.write_all_at(&[1u8; 4096], off).unwrap();
+    }
+    f.sync_all().unwrap();
+    let cu = 40_000.0 / t.elapsed().as_secs_f64();
+    println!("random 4 KiB right after a snapshot (copy-up of 64 KiB blocks): strata {cu:.0} IOPS, ratio to raw {:.3}", cu / rrand);
+}
+
+fn bench_chain(b: &Bench) {
+    println!("== chain: copy a snapshot at depth 100 (1 % of 64 KiB blocks per layer)");
+    let name = DiskName::parse("chain").unwrap();
+    let qdir = b.work.join("qcow");
+    fs::create_dir_all(&qdir).unwrap();
+    strata(&b.repo, &["umount", b.mp.to_str().unwrap()]);
+    let blocks = SIZE / BLOCK;
+    let per_layer = blocks / 100;
+    let mut rng = Rng(100);
+    // Layer 1: all the data, in both.
+    sh(&format!(
+        "qemu-img convert -f raw -O qcow2 -o cluster_size=64k '{}' '{}/l1.qcow2'",
+        b.work.join("raw.img").display(),
+        qdir.display()
+    ));
+    {
+        let r = Repository::open(&b.repo).unwrap();
+        let raw = File::open(b.work.join("raw.img")).unwrap();
+        r.create_disk(&name, SIZE, BLOCK as u32).unwrap();
+        let d = r.disk(&name).unwrap();
+        let mut buf = vec![0u8; 8 << 20];
+        for off in (0..SIZE).step_by(buf.len()) {
+            raw.read_exact_at(&mut buf, off).unwrap();
+            d.write_at(off, &buf).unwrap();
+        }
+        r.snapshot(&name, Some(SnapName::parse("d1").unwrap()))
+            .unwrap();
+        for depth in 2..=100u64 {
+            let mut cmds = Vec::new();
+            for _ in 0..per_layer {
+                let off = rng.next() % blocks * BLOCK;
+                let pattern = (rng.next() % 255 + 1) as u8;
+                d.write_at(off, &vec![pattern; BLOCK as usize]).unwrap();
+                cmds.push(format!("-c 'write -q -P {pattern} {off} 64k'"));
+            }
+            r.snapshot(&name, Some(SnapName::parse(&format!("d{depth}")).unwrap()))
+                .unwrap();
+            let q = qdir.join(format!("l{depth}.qcow2"));
+            sh(&format!(
+                "qemu-img create -q -f qcow2 -o cluster_size=64k -b l{}.qcow2 -F qcow2 '{}' && qemu-io -f qcow2 {} '{}'",
+                depth - 1,
+                q.display(),
+                cmds.join(" "),
+                q.display()
+            ));
+        }
+    }
+    strata(&b.repo, &["mount", b.mp.to_str().unwrap()]);
+    let snap = b.mp.join("chain/snapshots/d100.img");
+    let (out_s, out_q) = (b.work.join("out-strata.img"), b.work.join("out-qemu.img"));
+    let time = |cmd: &str| {
+        let t = Instant::now();
+        sh(cmd);
+        t.elapsed().as_secs_f64()
+    };
+    let cp = format!(
+        "cp --sparse=always '{}' '{}'",
+        snap.display(),
+        out_s.display()
+    );
+    let qi = format!(
+        "qemu-img convert -f qcow2 -O raw '{}/l100.qcow2' '{}'",
+        qdir.display(),
+        out_q.display()
+    );
+    for (label, cold) in [("warm host cache", false), ("host cache dropped", true)] {
+        let run = |cmd: &str, out: &Path| {
+            median(
+                (0..3)
+                    .map(|_| {
+                        let _ = fs::remove_file(out);
+                        if cold {
+                            drop_all_caches();
+                        } else {
+                            strata::sys::drop_cached_pages(&File::open(&snap).unwrap()).unwrap();
+                        }
+                        time(cmd)
+                    })
+                    .collect(),
+            )
+        };
+        let (ts, tq) = (run(&cp, &out_s), run(&qi, &out_q));
+        println!("{label}: cp from the mount {ts:.2} s, qemu-img convert {tq:.2} s, strata is {:.2}x faster (goal >= 3)", tq / ts);
+    }
+    sh(&format!("cmp '{}' '{}'", out_s.display(), out_q.display()));
+    println!("(the two copies are identical)");
+}
+
+fn main() {
+    if !Path::new("/dev/fuse").exists() || strata::sys::effective_uid() != 0 {
+        println!("skipping: the mount benchmarks need /dev/fuse and root");
+        return;
+    }
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let want = |s: &str| args.is_empty() || args.iter().any(|a| a == s);
+    let b = setup();
+    if want("read") {
+        bench_read(&b);
+    }
+    if want("write") {
+        bench_write(&b);
+    }
+    if want("chain") {
+        bench_chain(&b);
+    }
+}
