@@ -28,9 +28,12 @@ use strata::units;
 #[command(
     after_help = "The repository is $STRATA_REPO, else $XDG_DATA_HOME/strata, \
 else ~/.local/share/strata, unless --repo is given.\n\n\
-Example:\n  strata init\n  strata disk create vm1 --size 64G\n  \
-strata snapshot create vm1\n  strata snapshot list vm1\n  \
-strata export vm1@2026-11-22T14-05-00Z vm1.img"
+Example:\n  mkdir -p ~/disks && strata mount ~/disks    # creates the default repository if missing\n  \
+strata disk create vm1 --size 64G            # ~/disks/vm1/live.img and ~/disks/vm1/snapshots/\n  \
+strata snapshot create vm1 --name before-upgrade\n  \
+ls -lt ~/disks/vm1/snapshots/\n  \
+strata export vm1@before-upgrade vm1.img\n  \
+strata umount ~/disks"
 )]
 pub struct Cli {
     /// Repository directory (default: $STRATA_REPO, $XDG_DATA_HOME/strata or ~/.local/share/strata)

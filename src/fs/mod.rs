@@ -44,6 +44,10 @@ const IMG_SUFFIX: &str = ".img";
 /// Largest read or write the kernel will send (its request cap is 1 MiB).
 const MAX_IO: u32 = 1 << 20;
 
+thread_local! {
+    static READ_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 enum Open {
     Live(Arc<Disk>),
     Snapshot(Arc<Snapshot>),
@@ -521,18 +525,24 @@ impl Filesystem for StrataFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let result = self.handle(fh).and_then(|open| {
-            let img = open.image();
-            let len = (size.min(MAX_IO) as u64).min(img.size().saturating_sub(offset)) as usize;
-            let mut buf = vec![0u8; len];
-            let n = img.read_at(offset, &mut buf).map_err(|e| errno(&e))?;
-            buf.truncate(n);
-            Ok(buf)
+        let open = match self.handle(fh) {
+            Ok(o) => o,
+            Err(e) => return reply.error(e),
+        };
+        let img = open.image();
+        let len = (size.min(MAX_IO) as u64).min(img.size().saturating_sub(offset)) as usize;
+        // One buffer per worker thread, reused: a fresh 1 MiB buffer per
+        // request would cost 256 page faults each time.
+        READ_BUF.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            if buf.len() < len {
+                buf.resize(len, 0);
+            }
+            match img.read_at(offset, &mut buf[..len]) {
+                Ok(n) => reply.data(&buf[..n]),
+                Err(e) => reply.error(errno(&e)),
+            }
         });
-        match result {
-            Ok(buf) => reply.data(&buf),
-            Err(e) => reply.error(e),
-        }
     }
 
     fn write(
