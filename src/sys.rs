@@ -251,6 +251,65 @@ pub fn redirect_stdio(log: &File) -> io::Result<()> {
     Ok(())
 }
 
+/// Receives one file descriptor passed with `SCM_RIGHTS` over `sock` (how
+/// the setuid `fusermount3` hands an opened `/dev/fuse` to its caller).
+pub fn recv_fd(sock: &std::os::unix::net::UnixStream) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: byte.len(),
+    };
+    // u64s keep the control buffer aligned for cmsghdr.
+    let mut control = [0u64; 8];
+    // SAFETY: an all-zero msghdr is a valid empty message header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control) as _;
+    // SAFETY: `msg` points at `iov` and `control`, both live and writable
+    // for the call and sized as the header says.
+    let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: CMSG_FIRSTHDR reads the header just filled in by recvmsg and
+    // returns null or a pointer inside `control`.
+    let cmsg = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+    // SAFETY: a non-null `cmsg` points at a complete cmsghdr in `control`.
+    if cmsg.is_null()
+        || unsafe {
+            (*cmsg).cmsg_level != libc::SOL_SOCKET || (*cmsg).cmsg_type != libc::SCM_RIGHTS
+        }
+    {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "no file descriptor was received",
+        ));
+    }
+    // SAFETY: an SCM_RIGHTS message carries at least one int after its
+    // header; read_unaligned copes with the byte buffer's alignment.
+    let fd = unsafe { std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::c_int>()) };
+    // SAFETY: the kernel just installed `fd` in this process for us alone.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+/// Lets a spawned child inherit descriptor `fd` across exec (clears
+/// `FD_CLOEXEC` in the child only).
+pub fn inherit_fd_on_spawn(cmd: &mut std::process::Command, fd: std::os::fd::RawFd) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: fcntl is async-signal-safe; it only changes the child's copy.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 fn cpath(path: &Path) -> io::Result<std::ffi::CString> {
     use std::os::unix::ffi::OsStrExt;
     std::ffi::CString::new(path.as_os_str().as_bytes())

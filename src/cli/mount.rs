@@ -181,7 +181,8 @@ pub fn umount(a: UmountArgs) -> CmdResult {
     let client = Client::connect(&repo).map_err(|e| Failure::Refused(e.to_string()))?;
     let Some(mut client) = client else {
         // Nobody serves the socket: the daemon died and left its mount.
-        detach(&mp)?;
+        daemon::detach(&mp)
+            .map_err(|e| Failure::Refused(format!("cannot detach {}: {e}", mp.display())))?;
         println!(
             "removed the stale mount {} (its daemon had stopped)",
             mp.display()
@@ -195,35 +196,6 @@ pub fn umount(a: UmountArgs) -> CmdResult {
     wait_for_release(&repo)?;
     println!("unmounted {}", mp.display());
     Ok(())
-}
-
-fn detach(mp: &Path) -> CmdResult {
-    match sys::umount_detach(mp) {
-        Ok(()) => Ok(()),
-        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
-            // Not root: the setuid helper may detach a FUSE mount we own.
-            let status = Command::new("fusermount3")
-                .arg("-u")
-                .arg("-z")
-                .arg(mp)
-                .status();
-            match status {
-                Ok(s) if s.success() => Ok(()),
-                Ok(s) => Err(Failure::Refused(format!(
-                    "fusermount3 -uz {} failed ({s})",
-                    mp.display()
-                ))),
-                Err(e) => Err(Failure::Refused(format!(
-                    "cannot detach {}: not root, and fusermount3 is missing ({e}); install fuse3",
-                    mp.display()
-                ))),
-            }
-        }
-        Err(e) => Err(Failure::Refused(format!(
-            "cannot detach {}: {e}",
-            mp.display()
-        ))),
-    }
 }
 
 /// Waits until the daemon has let go of the repository, so that a command

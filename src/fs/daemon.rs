@@ -3,7 +3,10 @@
 //! SIGTERM or SIGINT flushes everything and unmounts.
 
 use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 
 use fuser::{Config, MountOption, Session, SessionACL};
@@ -53,21 +56,29 @@ pub fn run(
     check_mountpoint(mountpoint)?;
     let repo = Arc::new(Repository::open(repo)?);
     let fs = StrataFs::new(repo.clone(), opts.read_only);
-
     let config = session_config(&repo.path().display().to_string(), opts);
-    let mut session =
-        Session::new(fs, mountpoint, &config).map_err(|source| DaemonError::Mount {
-            path: mountpoint.to_owned(),
-            source,
-        })?;
-    let unmounter = Arc::new(Mutex::new(session.unmount_callable()));
     let mp = mountpoint.to_owned();
+    let mount_err = |source| DaemonError::Mount {
+        path: mp.clone(),
+        source,
+    };
+    // Root mounts directly; anyone else through the setuid fusermount3.
+    let (session, unmounter) = if sys::effective_uid() == 0 {
+        let mut session = Session::new(fs, mountpoint, &config).map_err(mount_err)?;
+        let unmounter = Unmounter::Session(Mutex::new(session.unmount_callable()));
+        (session, unmounter)
+    } else {
+        let fd = fusermount_open(mountpoint, repo.path(), opts).map_err(mount_err)?;
+        let session = Session::from_fd(fs, fd, config.acl, config.clone()).map_err(mount_err)?;
+        (session, Unmounter::Fusermount(mp.clone()))
+    };
+    let unmounter = Arc::new(unmounter);
 
     let unmount = {
         let (repo, unmounter, mp) = (repo.clone(), unmounter.clone(), mp.clone());
         move || -> Result<(), String> {
             repo.flush_all().map_err(|e| e.to_string())?;
-            unmounter.lock().unmount().map_err(|e| {
+            unmounter.unmount().map_err(|e| {
                 format!(
                     "cannot unmount {}: {e} (is a file on it open, or a loop device attached?)",
                     mp.display()
@@ -92,6 +103,101 @@ pub fn run(
     repo.flush_all()?;
     log::info!("unmounted {}", mp.display());
     served.map_err(|source| DaemonError::Mount { path: mp, source })
+}
+
+/// How this daemon's mount is taken down.
+enum Unmounter {
+    /// Mounted directly (root): fuser unmounts it.
+    Session(Mutex<fuser::SessionUnmounter>),
+    /// Mounted by fusermount3: only fusermount3 may unmount it.
+    Fusermount(PathBuf),
+}
+
+impl Unmounter {
+    fn unmount(&self) -> io::Result<()> {
+        match self {
+            Unmounter::Session(u) => u.lock().unmount(),
+            Unmounter::Fusermount(mp) => fusermount(&["-u"], mp),
+        }
+    }
+}
+
+/// Has the setuid `fusermount3` mount `mp` and hand over the `/dev/fuse`
+/// descriptor (libfuse's protocol: a socket named in `_FUSE_COMMFD`, the
+/// descriptor sent with SCM_RIGHTS). fuser only falls back to fusermount3
+/// when mount(2) fails, not when `/dev/fuse` itself is closed to the user.
+fn fusermount_open(mp: &Path, repo: &Path, opts: &MountOptions) -> io::Result<OwnedFd> {
+    let (ours, theirs) = UnixStream::pair()?;
+    let mut options = format!(
+        "fsname={},subtype=strata,default_permissions,noatime,{}",
+        repo.display(),
+        if opts.read_only { "ro" } else { "rw" }
+    );
+    if opts.allow_other {
+        options.push_str(",allow_other");
+    } else if opts.allow_root {
+        options.push_str(",allow_root");
+    }
+    let mut cmd = Command::new(FUSERMOUNT);
+    cmd.arg("-o")
+        .arg(&options)
+        .arg("--")
+        .arg(mp)
+        .env("_FUSE_COMMFD", theirs.as_raw_fd().to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    sys::inherit_fd_on_spawn(&mut cmd, theirs.as_raw_fd());
+    let child = cmd.spawn().map_err(missing_fusermount)?;
+    drop(theirs);
+    let fd = sys::recv_fd(&ours);
+    let out = child.wait_with_output()?;
+    match fd {
+        Ok(fd) if out.status.success() => Ok(fd),
+        _ => Err(io::Error::other(format!(
+            "fusermount3 failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))),
+    }
+}
+
+const FUSERMOUNT: &str = "fusermount3";
+
+fn missing_fusermount(e: io::Error) -> io::Error {
+    if e.kind() == io::ErrorKind::NotFound {
+        io::Error::new(
+            e.kind(),
+            "fusermount3 is not installed; ordinary users mount through it (install fuse3)",
+        )
+    } else {
+        e
+    }
+}
+
+/// Runs `fusermount3 ARGS MP`; its complaint becomes the error.
+fn fusermount(args: &[&str], mp: &Path) -> io::Result<()> {
+    let out = Command::new(FUSERMOUNT)
+        .args(args)
+        .arg("--")
+        .arg(mp)
+        .output()
+        .map_err(missing_fusermount)?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(io::Error::other(
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ))
+    }
+}
+
+/// Detaches the mount at `mp` now, even if it is busy or its daemon is
+/// gone: umount2(MNT_DETACH) as root, `fusermount3 -u -z` otherwise.
+pub fn detach(mp: &Path) -> io::Result<()> {
+    match sys::umount_detach(mp) {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => fusermount(&["-u", "-z"], mp),
+        r => r,
+    }
 }
 
 /// The session settings of a strata mount (threads, options, access);
@@ -156,7 +262,7 @@ fn watch_signals(unmount: impl Fn() -> Result<(), String> + Send + 'static, mp: 
                 log::info!("signal {sig}: flushing and unmounting");
                 if let Err(e) = unmount() {
                     log::warn!("{e}; detaching instead");
-                    if let Err(e) = sys::umount_detach(&mp) {
+                    if let Err(e) = detach(&mp) {
                         log::error!("detaching {}: {e}", mp.display());
                     }
                 }
