@@ -53,14 +53,17 @@ enum Open {
     Snapshot(Arc<Snapshot>),
     /// A snapshot the kernel reads from its one layer file itself; the
     /// backing id must live as long as the open file.
-    Passthrough(Arc<Snapshot>, Arc<fuser::BackingId>),
+    Passthrough {
+        snap: Arc<Snapshot>,
+        _backing: Arc<fuser::BackingId>,
+    },
 }
 
 impl Open {
     fn image(&self) -> &dyn ImageRead {
         match self {
             Open::Live(d) => d.as_ref(),
-            Open::Snapshot(s) | Open::Passthrough(s, _) => s.as_ref(),
+            Open::Snapshot(s) | Open::Passthrough { snap: s, .. } => s.as_ref(),
         }
     }
 }
@@ -140,8 +143,6 @@ impl StrataFs {
             }
             Node::Live(d) => {
                 let info = self.repo.disk_info(d).map_err(|e| errno(&e))?;
-                let live = self.repo.disk(d).and_then(|d| d.live_stored_bytes());
-                let stored = live.map_err(|e| errno(&e))?;
                 let time = self
                     .written
                     .lock()
@@ -153,7 +154,7 @@ impl StrataFs {
                     FileType::RegularFile,
                     perm,
                     info.size,
-                    stored.div_ceil(512),
+                    info.live_bytes.div_ceil(512),
                     time,
                     TTL_CHANGING,
                 )
@@ -500,13 +501,14 @@ impl Filesystem for StrataFs {
         if let Open::Snapshot(snap) = &open {
             if let Some(backing) = self.backing(ino.0, snap, &reply) {
                 // Recorded before the reply: the next request may use it at once.
-                let open = Arc::new(Open::Passthrough(snap.clone(), backing));
-                self.handles.write().insert(fh, open.clone());
-                if let Open::Passthrough(_, id) = open.as_ref() {
-                    // The kernel refuses KEEP_CACHE with passthrough: the
-                    // backing file's own page cache serves the reads.
-                    reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), id);
-                }
+                let open = Open::Passthrough {
+                    snap: snap.clone(),
+                    _backing: backing.clone(),
+                };
+                self.handles.write().insert(fh, Arc::new(open));
+                // The kernel refuses KEEP_CACHE with passthrough: the
+                // backing file's own page cache serves the reads.
+                reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &backing);
                 return;
             }
         }
@@ -604,7 +606,7 @@ impl Filesystem for StrataFs {
     ) {
         let result = self.handle(fh).and_then(|open| match open.as_ref() {
             Open::Live(disk) => disk.flush().map_err(|e| errno(&e)),
-            Open::Snapshot(_) | Open::Passthrough(..) => Ok(()),
+            Open::Snapshot(_) | Open::Passthrough { .. } => Ok(()),
         });
         match result {
             Ok(()) => reply.ok(),

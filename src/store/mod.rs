@@ -80,6 +80,8 @@ pub struct DiskInfo {
     pub snapshots: u64,
     /// Bytes the live layer and the disk's snapshots occupy.
     pub used_bytes: u64,
+    /// Bytes the live layer alone occupies (what `du live.img` shows).
+    pub live_bytes: u64,
     /// Unix nanoseconds.
     pub created: u64,
 }
@@ -384,6 +386,7 @@ impl Repository {
             block_size: rec.block_size,
             snapshots: count,
             used_bytes: live + snaps_bytes,
+            live_bytes: live,
             created: rec.created,
         })
     }
@@ -474,15 +477,25 @@ impl Repository {
             }
             None => self.free_default_name(disk_name, taken),
         };
-        let (old, geo) = {
+        // Seal: data durable, checksums taken, index durable. The writer
+        // lock keeps the live layer still while the state is read.
+        let (old, geo, present, stored_bytes) = {
             let st = disk.state.read();
-            (st.live.id, st.live.geo)
+            let sums = st.live.seal()?;
+            layer::write_index(
+                &self.inner.paths,
+                st.live.id,
+                st.live.geo,
+                &st.live.present,
+                sums,
+            )?;
+            (
+                st.live.id,
+                st.live.geo,
+                st.live.present.clone(),
+                st.live.stored_bytes()?,
+            )
         };
-        // Seal: data durable, checksums taken, index durable.
-        let sums = disk.state.read().live.seal()?;
-        let present = disk.state.read().live.present.clone();
-        layer::write_index(&self.inner.paths, old, geo, &present, sums)?;
-        let stored_bytes = disk.state.read().live.stored_bytes()?;
         let new_id = self.inner.catalog.lock().allocate_layer();
         let fresh = match LiveLayer::create(&self.inner.paths, new_id, geo) {
             Ok(l) => l,
