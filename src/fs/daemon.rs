@@ -68,7 +68,7 @@ pub fn run(
         let unmounter = Unmounter::Session(Mutex::new(session.unmount_callable()));
         (session, unmounter)
     } else {
-        let fd = fusermount_open(mountpoint, repo.path(), opts).map_err(mount_err)?;
+        let fd = fusermount_open(mountpoint, &config).map_err(mount_err)?;
         let session = Session::from_fd(fs, fd, config.acl, config.clone()).map_err(mount_err)?;
         (session, Unmounter::Fusermount(mp.clone()))
     };
@@ -126,18 +126,9 @@ impl Unmounter {
 /// descriptor (libfuse's protocol: a socket named in `_FUSE_COMMFD`, the
 /// descriptor sent with SCM_RIGHTS). fuser only falls back to fusermount3
 /// when mount(2) fails, not when `/dev/fuse` itself is closed to the user.
-fn fusermount_open(mp: &Path, repo: &Path, opts: &MountOptions) -> io::Result<OwnedFd> {
+fn fusermount_open(mp: &Path, config: &Config) -> io::Result<OwnedFd> {
     let (ours, theirs) = UnixStream::pair()?;
-    let mut options = format!(
-        "fsname={},subtype=strata,default_permissions,noatime,{}",
-        repo.display(),
-        if opts.read_only { "ro" } else { "rw" }
-    );
-    if opts.allow_other {
-        options.push_str(",allow_other");
-    } else if opts.allow_root {
-        options.push_str(",allow_root");
-    }
+    let options = fusermount_options(config);
     let mut cmd = Command::new(FUSERMOUNT);
     cmd.arg("-o")
         .arg(&options)
@@ -162,6 +153,33 @@ fn fusermount_open(mp: &Path, repo: &Path, opts: &MountOptions) -> io::Result<Ow
 }
 
 const FUSERMOUNT: &str = "fusermount3";
+
+/// The `-o` string that tells fusermount3 what [`session_config`] tells
+/// fuser, so both ways of mounting mount alike.
+fn fusermount_options(config: &Config) -> String {
+    let mut options: Vec<String> = config
+        .mount_options
+        .iter()
+        .filter_map(|o| {
+            Some(match o {
+                MountOption::FSName(s) => format!("fsname={s}"),
+                MountOption::Subtype(s) => format!("subtype={s}"),
+                MountOption::DefaultPermissions => "default_permissions".into(),
+                MountOption::NoAtime => "noatime".into(),
+                MountOption::RO => "ro".into(),
+                MountOption::RW => "rw".into(),
+                // session_config sets no others.
+                _ => return None,
+            })
+        })
+        .collect();
+    match config.acl {
+        SessionACL::All => options.push("allow_other".into()),
+        SessionACL::RootAndOwner => options.push("allow_root".into()),
+        SessionACL::Owner => {}
+    }
+    options.join(",")
+}
 
 fn missing_fusermount(e: io::Error) -> io::Error {
     if e.kind() == io::ErrorKind::NotFound {
@@ -284,33 +302,46 @@ pub fn tune_readahead(mp: &Path) {
     }
 }
 
-/// The `major:minor` of the mount at `mp`, from /proc/self/mountinfo (a
-/// `stat` of the mount point would ask this very daemon, which is not
-/// serving yet).
-fn mount_device(mp: &Path) -> Option<String> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    let want = mp.to_str()?;
-    info.lines().rev().find_map(|line| {
-        let f: Vec<&str> = line.split(' ').collect();
-        (f.get(4) == Some(&want)).then(|| f.get(2).map(|s| s.to_string()))?
-    })
+/// What /proc/self/mountinfo says of the mount at a path.
+struct MountEntry {
+    /// `major:minor`
+    device: String,
+    fstype: String,
+    source: String,
 }
 
-/// Finds the strata mount at `mp`: the repository it serves, from
-/// /proc/self/mountinfo. Its source is the repository's path; its type is
-/// `fuse` when mounted directly (the kernel keeps no subtype then) or
-/// `fuse.strata` through fusermount3.
-pub fn mounted_repository(mp: &Path) -> Option<PathBuf> {
+/// The newest mount at `mp`, from /proc/self/mountinfo (a `stat` of the
+/// mount point would ask this very daemon, which may not be serving yet).
+fn mount_entry(mp: &Path) -> Option<MountEntry> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     let want = mp.to_str()?;
     info.lines().rev().find_map(|line| {
         let (left, right) = line.split_once(" - ")?;
         let f: Vec<&str> = left.split(' ').collect();
         let r: Vec<&str> = right.split(' ').collect();
-        let fuse = matches!(r.first(), Some(&"fuse") | Some(&"fuse.strata"));
-        let repo = PathBuf::from(unescape(r.get(1)?));
-        (f.get(4) == Some(&want) && fuse && repo.join("strata.repo").is_file()).then_some(repo)
+        if unescape(f.get(4)?) != want {
+            return None;
+        }
+        Some(MountEntry {
+            device: f.get(2)?.to_string(),
+            fstype: r.first()?.to_string(),
+            source: unescape(r.get(1)?),
+        })
     })
+}
+
+fn mount_device(mp: &Path) -> Option<String> {
+    mount_entry(mp).map(|e| e.device)
+}
+
+/// Finds the strata mount at `mp`: the repository it serves. Its source is
+/// the repository's path; its type is `fuse` when mounted directly (the
+/// kernel keeps no subtype then) or `fuse.strata` through fusermount3.
+pub fn mounted_repository(mp: &Path) -> Option<PathBuf> {
+    let entry = mount_entry(mp)?;
+    let repo = PathBuf::from(entry.source);
+    let fuse = matches!(entry.fstype.as_str(), "fuse" | "fuse.strata");
+    (fuse && repo.join("strata.repo").is_file()).then_some(repo)
 }
 
 /// mountinfo escapes space, tab, newline and backslash as octal.
@@ -332,4 +363,31 @@ fn unescape(s: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fusermount_gets_the_options_fuser_gets() {
+        let opts = MountOptions {
+            read_only: true,
+            allow_root: true,
+            ..MountOptions::default()
+        };
+        assert_eq!(
+            fusermount_options(&session_config("/r", &opts)),
+            "fsname=/r,subtype=strata,default_permissions,noatime,ro,allow_root"
+        );
+        let plain = session_config("/r", &MountOptions::default());
+        assert!(fusermount_options(&plain).ends_with(",noatime,rw"));
+    }
+
+    #[test]
+    fn mountinfo_escapes_are_undone() {
+        assert_eq!(unescape(r"/mnt/my\040disks"), "/mnt/my disks");
+        assert_eq!(unescape(r"/a\134b\011c"), "/a\\b\tc");
+        assert_eq!(unescape("/plain"), "/plain");
+    }
 }
