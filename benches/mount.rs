@@ -17,6 +17,9 @@
 //!   layer) vs `qemu-img convert -O raw` of a qcow2 chain of depth 100 with
 //!   the same writes. Goal: ≥ 3× faster.
 
+mod common;
+
+use common::{median, Rng};
 use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
@@ -36,27 +39,6 @@ const STRATA: &str = env!("CARGO_BIN_EXE_strata");
 const GIB: u64 = 1 << 30;
 const SIZE: u64 = 4 * GIB;
 const BLOCK: u64 = 64 << 10;
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn fill(&mut self, buf: &mut [u8]) {
-        for c in buf.chunks_mut(8) {
-            let v = self.next().to_le_bytes();
-            c.copy_from_slice(&v[..c.len()]);
-        }
-    }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
 
 fn sh(cmd: &str) -> String {
     let out = Command::new("bash")

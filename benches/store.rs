@@ -13,6 +13,9 @@
 //! 3. Space of an incremental snapshot vs the bytes changed
 //!    (goal ≤ 1.01 × changed + 64 KiB).
 
+mod common;
+
+use common::{median, Rng};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -20,27 +23,6 @@ use strata::store::{export, DiskName, ImageRead, Repository, SnapName, SnapshotR
 
 const GIB: u64 = 1 << 30;
 const BLOCK: u64 = 64 << 10;
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn fill(&mut self, buf: &mut [u8]) {
-        for c in buf.chunks_mut(8) {
-            let v = self.next().to_le_bytes();
-            c.copy_from_slice(&v[..c.len()]);
-        }
-    }
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3

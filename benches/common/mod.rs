@@ -1,0 +1,29 @@
+//! Shared by the benchmarks: a seeded generator for reproducible data and
+//! offsets, and the median of repeated runs.
+#![allow(dead_code)]
+
+/// xorshift64: fast, seeded, good enough to make data incompressible and
+/// offsets scattered.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        for c in buf.chunks_mut(8) {
+            let v = self.next().to_le_bytes();
+            c.copy_from_slice(&v[..c.len()]);
+        }
+    }
+}
+
+/// The middle value of a set of measurements.
+pub fn median<T: PartialOrd>(mut v: Vec<T>) -> T {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    v.swap_remove(v.len() / 2)
+}
