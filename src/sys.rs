@@ -7,6 +7,7 @@
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 /// Turns `len` bytes at `offset` into a hole: the range reads as zeros and
@@ -63,9 +64,9 @@ fn lseek(file: &File, offset: u64, whence: libc::c_int) -> io::Result<u64> {
 }
 
 /// Takes an exclusive `flock` on `file` without waiting. `Ok(false)` means
-/// another open file description holds it. The lock lasts as long as the
-/// descriptor and is dropped by the kernel when the process dies.
-pub fn try_lock_exclusive(file: &File) -> io::Result<bool> {
+/// another open file description holds it. Format version 1 locked
+/// repositories this way; an upgrade checks that no old process holds it.
+pub fn try_flock_exclusive(file: &File) -> io::Result<bool> {
     // SAFETY: flock takes integers only; the descriptor is owned by `file`.
     let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
     if rc == 0 {
@@ -77,6 +78,125 @@ pub fn try_lock_exclusive(file: &File) -> io::Result<bool> {
     } else {
         Err(err)
     }
+}
+
+/// The lock files this process holds, by (device, inode).
+static HELD_LOCKS: std::sync::Mutex<Vec<(u64, u64)>> = std::sync::Mutex::new(Vec::new());
+
+/// A repository's exclusive lock: a POSIX record lock (`fcntl(F_SETLK)`) on
+/// the whole lock file, with this process's PID written in it.
+///
+/// Record locks belong to the process, so a child forked by another thread
+/// (between its fork and its exec) never holds the lock, as it would hold a
+/// `flock` through the inherited descriptor. Their catch is that closing
+/// *any* descriptor of the file releases them; so this process never opens
+/// a lock file it holds (the in-process table answers instead), and two
+/// opens in one process are refused here, since record locks do not
+/// conflict within a process.
+pub struct RepoLock {
+    file: File,
+    key: (u64, u64),
+}
+
+impl RepoLock {
+    /// Takes the lock of the file at `path`, creating it. `Ok(Err(pid))`
+    /// when another process (or this one) holds it.
+    pub fn take(path: &Path) -> io::Result<Result<RepoLock, Option<u32>>> {
+        use std::io::Write;
+        use std::os::unix::fs::MetadataExt;
+        let mut held = HELD_LOCKS.lock().unwrap_or_else(|e| e.into_inner());
+        if let Ok(md) = std::fs::metadata(path) {
+            if held.contains(&(md.dev(), md.ino())) {
+                return Ok(Err(Some(std::process::id())));
+            }
+        }
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?;
+        let md = file.metadata()?;
+        let key = (md.dev(), md.ino());
+        if held.contains(&key) {
+            // Created or replaced between the two looks: still ours. Keep
+            // the descriptor open, as closing it would drop our lock.
+            std::mem::forget(file);
+            return Ok(Err(Some(std::process::id())));
+        }
+        let mut fl = whole_file_lock(libc::F_WRLCK as libc::c_short);
+        // SAFETY: `fl` is a valid flock struct, read and written by the call.
+        if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLK, &mut fl) } != 0 {
+            let err = io::Error::last_os_error();
+            return match err.raw_os_error() {
+                Some(libc::EACCES) | Some(libc::EAGAIN) => Ok(Err(lock_holder_of(&file))),
+                _ => Err(err),
+            };
+        }
+        file.set_len(0)?;
+        file.write_all_at(format!("{}\n", std::process::id()).as_bytes(), 0)?;
+        file.flush()?;
+        held.push(key);
+        Ok(Ok(RepoLock { file, key }))
+    }
+}
+
+impl Drop for RepoLock {
+    fn drop(&mut self) {
+        let mut held = HELD_LOCKS.lock().unwrap_or_else(|e| e.into_inner());
+        held.retain(|k| *k != self.key);
+        // Closing `self.file` (after this) releases the record lock.
+        let _ = &self.file;
+    }
+}
+
+fn whole_file_lock(kind: libc::c_short) -> libc::flock {
+    // SAFETY: an all-zero flock is a valid value of that plain C struct.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = kind;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    fl.l_start = 0;
+    fl.l_len = 0;
+    fl
+}
+
+/// Who holds a record lock on `file`: the PID `F_GETLK` reports, else the
+/// PID written in the file.
+fn lock_holder_of(file: &File) -> Option<u32> {
+    let mut fl = whole_file_lock(libc::F_WRLCK as libc::c_short);
+    // SAFETY: `fl` is a valid flock struct, read and written by the call.
+    let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETLK, &mut fl) };
+    if rc == 0 && fl.l_type != libc::F_UNLCK as libc::c_short && fl.l_pid > 0 {
+        return u32::try_from(fl.l_pid).ok();
+    }
+    let mut buf = [0u8; 32];
+    let n = file.read_at(&mut buf, 0).unwrap_or(0);
+    std::str::from_utf8(&buf[..n]).ok()?.trim().parse().ok()
+}
+
+/// Whether the repository lock file at `path` is held, and by whom. Safe to
+/// call in a process that may hold it itself.
+pub fn lock_holder(path: &Path) -> io::Result<Option<u32>> {
+    use std::os::unix::fs::MetadataExt;
+    let held = HELD_LOCKS.lock().unwrap_or_else(|e| e.into_inner());
+    let md = match std::fs::metadata(path) {
+        Ok(md) => md,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    if held.contains(&(md.dev(), md.ino())) {
+        return Ok(Some(std::process::id()));
+    }
+    let file = File::open(path)?;
+    let mut fl = whole_file_lock(libc::F_WRLCK as libc::c_short);
+    // SAFETY: `fl` is a valid flock struct, read and written by the call.
+    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETLK, &mut fl) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if fl.l_type == libc::F_UNLCK as libc::c_short {
+        return Ok(None);
+    }
+    Ok(Some(u32::try_from(fl.l_pid).unwrap_or(0)))
 }
 
 /// Raises the soft limit on open files to the hard limit and returns it. A
@@ -254,11 +374,25 @@ pub fn redirect_stdio(log: &File) -> io::Result<()> {
 /// Receives one file descriptor passed with `SCM_RIGHTS` over `sock` (how
 /// the setuid `fusermount3` hands an opened `/dev/fuse` to its caller).
 pub fn recv_fd(sock: &std::os::unix::net::UnixStream) -> io::Result<std::os::fd::OwnedFd> {
+    recv_with_fd(sock, &mut [0u8; 1])?.ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "no file descriptor was received",
+        )
+    })
+}
+
+/// Fills `buf` from `sock`, and returns the file descriptor that came with
+/// its first bytes (`SCM_RIGHTS`), if one did.
+pub fn recv_with_fd(
+    sock: &std::os::unix::net::UnixStream,
+    buf: &mut [u8],
+) -> io::Result<Option<std::os::fd::OwnedFd>> {
+    use std::io::Read;
     use std::os::fd::FromRawFd;
-    let mut byte = [0u8; 1];
     let mut iov = libc::iovec {
-        iov_base: byte.as_mut_ptr().cast(),
-        iov_len: byte.len(),
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
     };
     // u64s keep the control buffer aligned for cmsghdr.
     let mut control = [0u64; 8];
@@ -274,25 +408,77 @@ pub fn recv_fd(sock: &std::os::unix::net::UnixStream) -> io::Result<std::os::fd:
     if n < 0 {
         return Err(io::Error::last_os_error());
     }
+    let mut fd = None;
     // SAFETY: CMSG_FIRSTHDR reads the header just filled in by recvmsg and
     // returns null or a pointer inside `control`.
     let cmsg = unsafe { libc::CMSG_FIRSTHDR(&msg) };
     // SAFETY: a non-null `cmsg` points at a complete cmsghdr in `control`.
-    if cmsg.is_null()
-        || unsafe {
-            (*cmsg).cmsg_level != libc::SOL_SOCKET || (*cmsg).cmsg_type != libc::SCM_RIGHTS
+    if !cmsg.is_null()
+        && unsafe {
+            (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS
         }
     {
+        // SAFETY: an SCM_RIGHTS message carries at least one int after its
+        // header; read_unaligned copes with the byte buffer's alignment.
+        let raw = unsafe { std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::c_int>()) };
+        // SAFETY: the kernel just installed `raw` in this process for us alone.
+        fd = Some(unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) });
+    }
+    let n = n as usize;
+    if n == 0 && !buf.is_empty() {
         return Err(io::Error::new(
             io::ErrorKind::UnexpectedEof,
-            "no file descriptor was received",
+            "the other side closed the connection",
         ));
     }
-    // SAFETY: an SCM_RIGHTS message carries at least one int after its
-    // header; read_unaligned copes with the byte buffer's alignment.
-    let fd = unsafe { std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::c_int>()) };
-    // SAFETY: the kernel just installed `fd` in this process for us alone.
-    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+    let mut rest = sock;
+    rest.read_exact(&mut buf[n..])?;
+    Ok(fd)
+}
+
+/// Sends `bytes` over `sock`, with the descriptor `fd` attached to them
+/// (`SCM_RIGHTS`) when there is one. The receiver gets it with
+/// [`recv_with_fd`].
+pub fn send_with_fd(
+    sock: &std::os::unix::net::UnixStream,
+    bytes: &[u8],
+    fd: Option<std::os::fd::RawFd>,
+) -> io::Result<()> {
+    use std::io::Write;
+    let Some(fd) = fd else {
+        let mut w = sock;
+        return w.write_all(bytes);
+    };
+    let mut iov = libc::iovec {
+        iov_base: bytes.as_ptr() as *mut libc::c_void,
+        iov_len: bytes.len(),
+    };
+    let mut control = [0u64; 8];
+    // SAFETY: an all-zero msghdr is a valid empty message header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    // SAFETY: CMSG_SPACE only computes a size.
+    msg.msg_controllen =
+        unsafe { libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) } as _;
+    // SAFETY: `msg.msg_control` points at `control`, large enough for one
+    // cmsghdr carrying one int; the pointers CMSG_* return lie inside it.
+    unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<libc::c_int>() as u32) as _;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::c_int>(), fd);
+    }
+    // SAFETY: `msg` describes `bytes` (read only by the kernel) and
+    // `control`, both live for the call.
+    let n = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut w = sock;
+    w.write_all(&bytes[n as usize..])
 }
 
 /// Lets a spawned child inherit descriptor `fd` across exec (clears
@@ -341,20 +527,42 @@ mod tests {
     }
 
     #[test]
-    fn flock_is_exclusive_across_descriptions() {
+    fn repo_lock_is_exclusive_in_and_across_processes() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("lock");
-        let a = File::create(&p).unwrap();
-        let b = File::open(&p).unwrap();
-        assert!(try_lock_exclusive(&a).unwrap());
-        assert!(!try_lock_exclusive(&b).unwrap());
+        assert_eq!(lock_holder(&p).unwrap(), None);
+        let a = RepoLock::take(&p).unwrap().expect("first take");
+        let me = Some(std::process::id());
+        assert_eq!(RepoLock::take(&p).unwrap().err(), Some(me));
+        assert_eq!(lock_holder(&p).unwrap(), me);
         drop(a);
-        assert!(try_lock_exclusive(&b).unwrap());
+        assert_eq!(lock_holder(&p).unwrap(), None);
+        assert!(RepoLock::take(&p).unwrap().is_ok());
     }
 
     #[test]
     fn this_process_exists() {
         assert!(process_exists(std::process::id()));
         assert!(!process_exists(0));
+    }
+
+    #[test]
+    fn a_descriptor_travels_over_a_socket() {
+        use std::io::{Read, Seek, Write};
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(b"passed").unwrap();
+        send_with_fd(&a, b"hdr", Some(f.as_raw_fd())).unwrap();
+        let mut buf = [0u8; 3];
+        let fd = recv_with_fd(&b, &mut buf).unwrap().expect("a descriptor");
+        assert_eq!(&buf, b"hdr");
+        let mut got = File::from(fd);
+        got.rewind().unwrap();
+        let mut s = String::new();
+        got.read_to_string(&mut s).unwrap();
+        assert_eq!(s, "passed");
+        send_with_fd(&a, b"xyz", None).unwrap();
+        assert!(recv_with_fd(&b, &mut buf).unwrap().is_none());
+        assert_eq!(&buf, b"xyz");
     }
 }

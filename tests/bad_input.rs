@@ -12,6 +12,17 @@ use strata::store::{DiskName, Repository, SnapName, StoreError};
 
 const STRATA: &str = env!("CARGO_BIN_EXE_strata");
 
+/// Asserts two snapshots of a repository's files are equal, naming the
+/// files that differ rather than printing their bytes.
+fn assert_same(a: &BTreeMap<PathBuf, Vec<u8>>, b: &BTreeMap<PathBuf, Vec<u8>>, what: &str) {
+    let differ: Vec<_> = a
+        .keys()
+        .chain(b.keys())
+        .filter(|k| a.get(*k) != b.get(*k))
+        .collect();
+    assert!(differ.is_empty(), "{what}: these files changed: {differ:?}");
+}
+
 /// Every file of the repository except the lock (which records its holder).
 fn contents(root: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
     let mut out = BTreeMap::new();
@@ -58,6 +69,8 @@ fn fixture(dir: &Path) -> PathBuf {
         .unwrap();
     disk.write_at(0, &[9u8; 100]).unwrap();
     disk.flush().unwrap();
+    disk.write_at(300_000, &[5u8; 100]).unwrap();
+    disk.flush().unwrap();
     root
 }
 
@@ -103,7 +116,7 @@ fn bad_arguments_are_refused_and_change_nothing() {
         let (got, err) = strata(&root, args);
         assert_eq!(got, *code, "{args:?}: exit status; stderr: {err}");
         assert!(err.contains(msg), "{args:?}: expected {msg:?} in {err:?}");
-        assert_eq!(contents(&root), before, "{args:?} changed the repository");
+        assert_same(&contents(&root), &before, &format!("{args:?}"));
     }
     assert!(!out.exists(), "a failed export left a file behind");
 }
@@ -137,7 +150,7 @@ fn io_outside_the_disk_is_refused() {
         assert_eq!(disk.read_at(1 << 20, &mut buf).unwrap(), 0);
         assert_eq!(disk.read_at((1 << 20) - 4, &mut buf).unwrap(), 4);
     }
-    assert_eq!(contents(&root), before);
+    assert_same(&contents(&root), &before, "the repository");
 }
 
 /// Copies the fixture, damages one file with `damage`, and checks the
@@ -156,29 +169,94 @@ fn damaged(file: &str, damage: impl Fn(&mut Vec<u8>), args: &[&str], expect: &st
         err.contains(expect),
         "{file}: expected {expect:?} in {err:?}"
     );
-    assert_eq!(contents(&root), before, "{file}: repository changed");
+    assert_same(&contents(&root), &before, &format!("{file}: {args:?}"));
+}
+
+/// Where copy 1 of the frame at the start of `bytes` begins: every copy
+/// starts on a 512-byte boundary (see the format spec).
+fn second_copy(bytes: &[u8]) -> usize {
+    let len = u64::from_le_bytes(bytes[16..24].try_into().unwrap()) as usize;
+    (32 + len).div_ceil(512) * 512
+}
+
+/// Flips the same byte in both copies of a document's frame.
+fn flip_both(at: usize) -> impl Fn(&mut Vec<u8>) {
+    move |b: &mut Vec<u8>| {
+        let c1 = second_copy(b);
+        b[at] ^= 0x10;
+        b[c1 + at] ^= 0x10;
+    }
+}
+
+const LOG: &str = "layers/0000000000000002.log";
+const IDX: &str = "layers/0000000000000001.idx";
+
+/// Metadata survives one damaged copy: the command works, reads the same
+/// bytes, and the damaged copy is mended from the good one.
+#[test]
+fn one_damaged_copy_of_any_metadata_costs_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = fixture(dir.path());
+    let good = contents(&root);
+    let export = |root: &Path, image: &str| {
+        let out = root.parent().unwrap().join("out.img");
+        let (code, err) = strata(root, &["export", image, out.to_str().unwrap()]);
+        assert_eq!(code, 0, "export {image}: {err}");
+        let bytes = fs::read(&out).unwrap();
+        fs::remove_file(&out).unwrap();
+        bytes
+    };
+    let want_live = export(&root, "vm");
+    let want_snap = export(&root, "vm@s1");
+    let after_export = contents(&root);
+    let header_copy1 = |f: &str| second_copy(&good[Path::new(f)]);
+    let cases: Vec<(&str, usize)> = vec![
+        ("catalog", 3),
+        ("catalog", 20),
+        ("catalog", 40),
+        ("catalog", header_copy1("catalog") + 40),
+        ("catalog", 2 * header_copy1("catalog") + 40), // the checkpoint record, copy 0
+        ("strata.repo", 0),
+        ("strata.repo", 33),
+        ("strata.repo", header_copy1("strata.repo") + 33),
+        (IDX, 35),
+        (IDX, header_copy1(IDX) + 35),
+        (LOG, 2),
+        (LOG, 49),
+        (LOG, 2 * header_copy1(LOG) + 33), // record 1, copy 0, payload
+        (LOG, 2 * header_copy1(LOG) + 12), // record 1, copy 0, sequence number
+        (LOG, 2 * header_copy1(LOG) + 512 + 33), // record 1, copy 1
+        (LOG, 2 * header_copy1(LOG) + 1024 + 33), // record 2, the last, copy 0
+        (LOG, 2 * header_copy1(LOG) + 1536 + 16), // record 2, copy 1, length
+    ];
+    for (file, at) in cases {
+        let path = root.join(file);
+        let mut bytes = good[Path::new(file)].clone();
+        bytes[at] ^= 0x10;
+        fs::write(&path, &bytes).unwrap();
+        assert_eq!(export(&root, "vm"), want_live, "{file} flipped at {at}");
+        assert_eq!(export(&root, "vm@s1"), want_snap, "{file} flipped at {at}");
+        assert_same(
+            &contents(&root),
+            &after_export,
+            &format!("{file} flipped at {at}: not mended, or something else changed"),
+        );
+    }
 }
 
 #[test]
-fn damaged_metadata_is_named_and_left_alone() {
-    let flip = |at: usize| move |b: &mut Vec<u8>| b[at] ^= 0x10;
+fn metadata_damaged_beyond_repair_is_named_and_left_alone() {
     damaged(
         "catalog",
-        flip(40),
+        flip_both(40),
         &["disk", "list"],
-        "catalog is corrupt: payload checksum mismatch",
+        "catalog is damaged: payload checksum mismatch at offset 0, and no good second copy",
     );
     damaged(
         "catalog",
-        flip(3),
+        flip_both(3),
         &["disk", "list"],
-        "catalog is corrupt: it does not start with \"STRATCAT\"",
-    );
-    damaged(
-        "catalog",
-        flip(20),
-        &["disk", "list"],
-        "catalog is corrupt: header checksum mismatch",
+        "catalog is damaged: it does not start with \"STRATCAT\" at offset 0",
     );
     damaged(
         "catalog",
@@ -188,33 +266,41 @@ fn damaged_metadata_is_named_and_left_alone() {
     );
     damaged(
         "strata.repo",
-        flip(0),
+        flip_both(0),
         &["disk", "list"],
-        "strata.repo is corrupt",
+        "strata.repo is damaged",
     );
-    let idx = "layers/0000000000000001.idx";
     damaged(
-        idx,
-        flip(35),
+        IDX,
+        flip_both(35),
         &["export", "vm@s1", "/dev/null"],
-        "0000000000000001.idx is corrupt: payload checksum mismatch",
+        "0000000000000001.idx is damaged: payload checksum mismatch at offset 0",
     );
-    let log = "layers/0000000000000002.log";
+    // Both copies of the journal's first record, with a second one after.
     damaged(
-        log,
-        flip(2),
+        LOG,
+        |b| {
+            let first = 2 * second_copy(b);
+            b[first + 33] ^= 1;
+            b[first + 512 + 33] ^= 1;
+        },
         &["export", "vm", "/dev/null"],
-        "0000000000000002.log is corrupt",
+        "0000000000000002.log is damaged: record 1 at offset 1024 is damaged in both copies, \
+         and record 2 follows at offset 2048",
     );
 }
 
-/// Sets a `u32` header field of a frame (8: version, 12: incompatible
-/// features) and fixes the header checksum, so only that field is wrong.
+/// Sets a `u32` header field of both copies of a document's frame (8:
+/// version, 12: incompatible features) and fixes their header checksums,
+/// so only that field is wrong.
 fn set_header_field(at: usize, value: u32) -> impl Fn(&mut Vec<u8>) {
     move |b: &mut Vec<u8>| {
-        b[at..at + 4].copy_from_slice(&value.to_le_bytes());
-        let crc = crc32c::crc32c(&b[..28]);
-        b[28..32].copy_from_slice(&crc.to_le_bytes());
+        let c1 = second_copy(b);
+        for c in [0, c1] {
+            b[c + at..c + at + 4].copy_from_slice(&value.to_le_bytes());
+            let crc = crc32c::crc32c(&b[c..c + 28]);
+            b[c + 28..c + 32].copy_from_slice(&crc.to_le_bytes());
+        }
     }
 }
 
@@ -222,9 +308,9 @@ fn set_header_field(at: usize, value: u32) -> impl Fn(&mut Vec<u8>) {
 fn a_newer_format_is_refused_by_name() {
     damaged(
         "strata.repo",
-        set_header_field(8, 2),
+        set_header_field(8, 3),
         &["disk", "list"],
-        "written by a newer strata (format version 2; this build reads up to 1)",
+        "written by a newer strata (format version 3; this build reads up to 2)",
     );
     damaged(
         "catalog",
@@ -280,7 +366,7 @@ fn a_second_writer_is_told_who_holds_the_repository() {
         .expect("second open in-process");
     assert!(matches!(e, StoreError::Locked { .. }), "{e}");
     drop(holder);
-    assert_eq!(contents(&root), before);
+    assert_same(&contents(&root), &before, "the repository");
     let (code, err) = strata(&root, &["disk", "list"]);
     assert_eq!(code, 0, "{err}");
 }

@@ -15,7 +15,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use strata::store::{DiskName, ImageRead, ImageRef, Repository, SnapName};
+use strata::store::{DiskName, ImageRef, Repository, SnapName};
 
 /// One step of the fixture script.
 enum Step {
@@ -66,7 +66,7 @@ fn script() -> Vec<Step> {
 fn pattern(seed: u8, offset: u64, len: usize) -> Vec<u8> {
     (0..len as u64)
         .map(|i| {
-            let x = (offset + i).wrapping_mul(2_654_435_761) ^ u64::from(seed) * 0x9E37;
+            let x = (offset + i).wrapping_mul(2_654_435_761) ^ (u64::from(seed) * 0x9E37);
             (x >> 7) as u8 | 1
         })
         .collect()
@@ -89,13 +89,14 @@ fn expected() -> Vec<(String, Vec<u8>)> {
                 }
                 disks.push((n, img));
             }
-            Step::Write(n, off, len, seed) => disk(&mut disks, n)
-                [off as usize..off as usize + len]
+            Step::Write(n, off, len, seed) => disk(&mut disks, n)[off as usize..off as usize + len]
                 .copy_from_slice(&pattern(seed, off, len)),
             Step::Discard(n, off, len) => {
                 disk(&mut disks, n)[off as usize..(off + len) as usize].fill(0)
             }
-            Step::Zero(n, off, len) => disk(&mut disks, n)[off as usize..off as usize + len].fill(0),
+            Step::Zero(n, off, len) => {
+                disk(&mut disks, n)[off as usize..off as usize + len].fill(0)
+            }
             Step::Flush(_) => {}
             Step::Snapshot(n, s) => out.push((format!("{n}@{s}"), disk(&mut disks, n).clone())),
         }
@@ -188,14 +189,16 @@ fn write_fixture() {
                     let f = fs::File::create(&src).unwrap();
                     f.set_len(size).unwrap();
                     for &(off, len, seed) in writes {
-                        std::os::unix::fs::FileExt::write_all_at(
-                            &f,
-                            &pattern(seed, off, len),
-                            off,
-                        )
-                        .unwrap();
+                        std::os::unix::fs::FileExt::write_all_at(&f, &pattern(seed, off, len), off)
+                            .unwrap();
                     }
-                    repo.import_disk(&name(n), &src, bs, &mut |_, _| {})
+                    let file = fs::File::open(&src).unwrap();
+                    let source = strata::store::ImportSource {
+                        file: &file,
+                        name: &src,
+                        size: None,
+                    };
+                    repo.import_disk(&name(n), &source, bs, &mut |_, _| {})
                         .unwrap();
                 }
                 Step::Write(n, off, len, seed) => repo

@@ -260,6 +260,8 @@ fn fio_verified_random_io_with_odd_sizes_and_several_jobs() {
             "--fsync=32",
             "--group_reporting",
         ])
+        // fio writes its verify state files into the current directory.
+        .current_dir(m.dir.path())
         .output()
         .expect("fio is not installed (apt-get install fio; .ci/run does)");
     let text = String::from_utf8_lossy(&out.stdout);

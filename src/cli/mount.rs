@@ -202,12 +202,9 @@ pub fn umount(a: UmountArgs) -> CmdResult {
 /// right after `strata umount` finds it free.
 fn wait_for_release(repo: &Path) -> CmdResult {
     let deadline = Instant::now() + Duration::from_secs(60);
-    let lock = repo.join("lock");
     loop {
-        let free = OpenOptions::new()
-            .read(true)
-            .open(&lock)
-            .and_then(|f| sys::try_lock_exclusive(&f))
+        let free = Repository::holder(repo)
+            .map(|h| h.is_none())
             .unwrap_or(true);
         if free {
             return Ok(());

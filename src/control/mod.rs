@@ -111,7 +111,15 @@ pub fn execute(repo: &Repository, req: Request, progress: &mut dyn FnMut(u64, u6
                 name,
                 file,
                 block_size,
-            } => Response::Disk(repo.import_disk(&name, &file, block_size, progress)?),
+            } => {
+                let src = std::fs::File::open(&file).map_err(StoreError::io(&file))?;
+                let source = crate::store::ImportSource {
+                    file: &src,
+                    name: &file,
+                    size: None,
+                };
+                Response::Disk(repo.import_disk(&name, &source, block_size, progress)?)
+            }
             Request::DiskList => Response::Disks(repo.disks()?),
             Request::SnapshotCreate { disk, name } => {
                 Response::Snapshot(repo.snapshot(&disk, name)?)

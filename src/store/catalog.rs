@@ -1,19 +1,27 @@
-//! The catalog: every disk, snapshot and layer of a repository, and the
-//! repository's single commit point (format: [`super::format`]).
+//! The catalog: every disk, snapshot, layer and open intent of a repository,
+//! and the repository's single commit point (format: [`super::format`]).
+//!
+//! In memory it is one [`Catalog`]. On disk it is a log: a checkpoint of the
+//! whole catalog, then one record per commit holding only what the commit
+//! changed ([`Change`]), so a commit costs what it changes, not the size of
+//! the catalog. [`CatalogFile`] owns that file.
 //!
 //! A decoded catalog is not trusted until [`Catalog::validate`] has checked
 //! that every reference points at a layer of the right kind and size, so the
 //! rest of the store can index it without further checks.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use super::error::{Result, StoreError};
+use super::format::{self, CatalogHeader, LayerFileKind, MAGIC_CATALOG};
 use super::names::{DiskName, LayerId, SnapName};
+use super::storage::{Storage, StorageFile};
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Catalog {
     /// Bumped by every commit.
     pub generation: u64,
@@ -21,10 +29,14 @@ pub struct Catalog {
     pub next_layer: u64,
     /// The next snapshot sequence number; orders snapshots as taken.
     pub next_seq: u64,
+    /// The next intent number.
+    pub next_intent: u64,
     pub disks: BTreeMap<DiskName, DiskRecord>,
     /// Snapshots by disk name. A disk's snapshots outlive the disk.
     pub snapshots: BTreeMap<DiskName, BTreeMap<SnapName, SnapshotRecord>>,
     pub layers: BTreeMap<LayerId, LayerRecord>,
+    /// Operations under way: the files each may have made.
+    pub intents: BTreeMap<u64, Intent>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -58,10 +70,46 @@ pub struct LayerRecord {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FrozenInfo {
-    /// Present blocks.
+    /// Present blocks (data and zero).
     pub blocks: u64,
     /// Bytes the layer's data file occupies on disk.
     pub stored_bytes: u64,
+}
+
+/// A durable note, committed before an operation creates files, of the
+/// files it may create. Recovery removes those of them the catalog does not
+/// name: they belong to an operation that never committed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Intent {
+    /// What the operation was, for people reading logs.
+    pub what: String,
+    pub files: Vec<(LayerId, LayerFileKind)>,
+}
+
+/// One change a commit makes, as written in a catalog record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Change {
+    Counters {
+        generation: u64,
+        next_layer: u64,
+        next_seq: u64,
+        next_intent: u64,
+    },
+    PutDisk(DiskName, DiskRecord),
+    DelDisk(DiskName),
+    PutSnapshot(DiskName, SnapName, SnapshotRecord),
+    DelSnapshot(DiskName, SnapName),
+    PutLayer(LayerId, LayerRecord),
+    DelLayer(LayerId),
+    PutIntent(u64, Intent),
+    DelIntent(u64),
+}
+
+/// A record of the catalog file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CatalogRecord {
+    Checkpoint(Catalog),
+    Changes(Vec<Change>),
 }
 
 /// Smallest and largest block size, and the sector every size is a multiple of.
@@ -102,7 +150,124 @@ pub fn check_disk_size(size: u64) -> Result<u64> {
     Ok(size)
 }
 
+/// The puts and deletes that turn map `a` into map `b`.
+fn diff_map<K: Ord + Clone, V: PartialEq + Clone>(
+    a: &BTreeMap<K, V>,
+    b: &BTreeMap<K, V>,
+    put: impl Fn(K, V) -> Change,
+    del: impl Fn(K) -> Change,
+    out: &mut Vec<Change>,
+) {
+    for (k, v) in b {
+        if a.get(k) != Some(v) {
+            out.push(put(k.clone(), v.clone()));
+        }
+    }
+    for k in a.keys() {
+        if !b.contains_key(k) {
+            out.push(del(k.clone()));
+        }
+    }
+}
+
 impl Catalog {
+    /// What a commit from `self` to `next` writes.
+    pub fn changes_to(&self, next: &Catalog) -> Vec<Change> {
+        let mut out = vec![Change::Counters {
+            generation: next.generation,
+            next_layer: next.next_layer,
+            next_seq: next.next_seq,
+            next_intent: next.next_intent,
+        }];
+        diff_map(
+            &self.disks,
+            &next.disks,
+            Change::PutDisk,
+            Change::DelDisk,
+            &mut out,
+        );
+        let empty = BTreeMap::new();
+        for (disk, snaps) in &next.snapshots {
+            let old = self.snapshots.get(disk).unwrap_or(&empty);
+            diff_map(
+                old,
+                snaps,
+                |s, r| Change::PutSnapshot(disk.clone(), s, r),
+                |s| Change::DelSnapshot(disk.clone(), s),
+                &mut out,
+            );
+        }
+        for (disk, snaps) in &self.snapshots {
+            if !next.snapshots.contains_key(disk) {
+                for s in snaps.keys() {
+                    out.push(Change::DelSnapshot(disk.clone(), s.clone()));
+                }
+            }
+        }
+        diff_map(
+            &self.layers,
+            &next.layers,
+            Change::PutLayer,
+            Change::DelLayer,
+            &mut out,
+        );
+        diff_map(
+            &self.intents,
+            &next.intents,
+            Change::PutIntent,
+            Change::DelIntent,
+            &mut out,
+        );
+        out
+    }
+
+    pub fn apply(&mut self, changes: Vec<Change>) {
+        for c in changes {
+            match c {
+                Change::Counters {
+                    generation,
+                    next_layer,
+                    next_seq,
+                    next_intent,
+                } => {
+                    self.generation = generation;
+                    self.next_layer = next_layer;
+                    self.next_seq = next_seq;
+                    self.next_intent = next_intent;
+                }
+                Change::PutDisk(n, r) => {
+                    self.disks.insert(n, r);
+                }
+                Change::DelDisk(n) => {
+                    self.disks.remove(&n);
+                }
+                Change::PutSnapshot(d, s, r) => {
+                    self.snapshots.entry(d).or_default().insert(s, r);
+                }
+                Change::DelSnapshot(d, s) => {
+                    if let Some(m) = self.snapshots.get_mut(&d) {
+                        m.remove(&s);
+                        if m.is_empty() {
+                            self.snapshots.remove(&d);
+                        }
+                    }
+                }
+                Change::PutLayer(id, r) => {
+                    self.layers.insert(id, r);
+                }
+                Change::DelLayer(id) => {
+                    self.layers.remove(&id);
+                }
+                Change::PutIntent(n, i) => {
+                    self.intents.insert(n, i);
+                }
+                Change::DelIntent(n) => {
+                    self.intents.remove(&n);
+                }
+            }
+        }
+    }
+
     /// Checks every cross-reference; on success the catalog is trusted.
     pub fn validate(&self, path: &Path) -> Result<()> {
         let bad = |what: String| Err(StoreError::corrupt(path, what));
@@ -160,6 +325,14 @@ impl Catalog {
                 }
             }
         }
+        for (n, intent) in &self.intents {
+            if *n >= self.next_intent {
+                return bad(format!("intent {n} is not below next_intent"));
+            }
+            if intent.files.iter().any(|(id, _)| id.0 >= self.next_layer) {
+                return bad(format!("intent {n} names a layer not yet handed out"));
+            }
+        }
         Ok(())
     }
 
@@ -180,6 +353,31 @@ impl Catalog {
         id
     }
 
+    /// Records an intent and returns its number.
+    pub fn add_intent(&mut self, intent: Intent) -> u64 {
+        let n = self.next_intent;
+        self.next_intent += 1;
+        self.intents.insert(n, intent);
+        n
+    }
+
+    /// The files the catalog says exist, by layer.
+    pub fn expected_files(&self) -> Vec<(LayerId, LayerFileKind)> {
+        let mut out = Vec::new();
+        for (id, l) in &self.layers {
+            out.push((*id, LayerFileKind::Data));
+            out.push((
+                *id,
+                if l.frozen.is_some() {
+                    LayerFileKind::Index
+                } else {
+                    LayerFileKind::Log
+                },
+            ));
+        }
+        out
+    }
+
     /// The disk's snapshots in the order they were taken.
     pub fn snapshots_of(&self, disk: &DiskName) -> Vec<(&SnapName, &SnapshotRecord)> {
         let mut v: Vec<_> = self
@@ -189,5 +387,244 @@ impl Catalog {
             .unwrap_or_default();
         v.sort_by_key(|(_, r)| r.seq);
         v
+    }
+}
+
+/// How a commit failed: whether the catalog on disk is known to be as it
+/// was (the caller may undo what it prepared) or may hold the new state.
+#[derive(Debug)]
+pub enum CommitError {
+    /// Nothing was written; the catalog is as before.
+    NotWritten(StoreError),
+    /// The new state may or may not be durable.
+    Unknown(StoreError),
+}
+
+impl CommitError {
+    pub fn into_inner(self) -> StoreError {
+        match self {
+            CommitError::NotWritten(e) | CommitError::Unknown(e) => e,
+        }
+    }
+}
+
+/// The catalog file: appends one record per commit, and rewrites itself as
+/// a single checkpoint when the records outweigh it.
+pub struct CatalogFile {
+    storage: Arc<dyn Storage>,
+    path: PathBuf,
+    tmp: PathBuf,
+    repo_id: u64,
+    file: Arc<dyn StorageFile>,
+    /// Where the next record goes.
+    end: u64,
+    next_seq: u64,
+    /// Bytes of the checkpoint record, and of all records after it.
+    checkpoint_bytes: u64,
+    changes_bytes: u64,
+}
+
+/// A catalog file is rewritten once its change records take more than this
+/// many times the checkpoint's size (and at least [`MIN_COMPACT_BYTES`]).
+const COMPACT_RATIO: u64 = 2;
+const MIN_COMPACT_BYTES: u64 = 1 << 20;
+
+impl CatalogFile {
+    /// Writes a new catalog file holding `cat` as its checkpoint, replacing
+    /// any that exists atomically.
+    pub fn write_new(
+        storage: &Arc<dyn Storage>,
+        tmp: &Path,
+        path: &Path,
+        repo_id: u64,
+        cat: &Catalog,
+    ) -> Result<()> {
+        let bytes = Self::image(repo_id, cat);
+        format::write_atomic(storage.as_ref(), tmp, path, &bytes)
+    }
+
+    fn image(repo_id: u64, cat: &Catalog) -> Vec<u8> {
+        let header = format::encode(&CatalogHeader { repo: repo_id });
+        let checkpoint = format::encode(&CatalogRecord::Checkpoint(cat.clone()));
+        format::log_bytes(MAGIC_CATALOG, &header, &[checkpoint])
+    }
+
+    /// Reads the catalog: replays its records, mends damaged copies, and cuts
+    /// off a torn (never acknowledged) last record. Returns the catalog,
+    /// still to be validated, and the repository id its header names.
+    pub fn open(
+        storage: Arc<dyn Storage>,
+        tmp: &Path,
+        path: &Path,
+    ) -> Result<(CatalogFile, Catalog, u64)> {
+        let bytes = storage.read(path).map_err(StoreError::io(path))?;
+        let log = format::parse_log(path, MAGIC_CATALOG, &bytes)?;
+        if log.header.version == 1 {
+            return Err(StoreError::corrupt(
+                path,
+                "it is in format version 1 while strata.repo says version 2",
+            ));
+        }
+        let header: CatalogHeader = format::decode(path, &log.header.payload)?;
+        let mut records = log.records.iter();
+        let Some(first) = records.next() else {
+            return Err(StoreError::corrupt(path, "it holds no checkpoint record"));
+        };
+        let CatalogRecord::Checkpoint(mut cat) = format::decode(path, first)? else {
+            return Err(StoreError::corrupt(
+                path,
+                "its first record is not a checkpoint",
+            ));
+        };
+        let checkpoint_bytes = format::record_bytes(1, first).len() as u64;
+        let mut changes_bytes = 0;
+        for (i, r) in records.enumerate() {
+            match format::decode(path, r)? {
+                CatalogRecord::Changes(c) => cat.apply(c),
+                CatalogRecord::Checkpoint(_) => {
+                    return Err(StoreError::corrupt(
+                        path,
+                        format!("record {} is a second checkpoint", i + 2),
+                    ))
+                }
+            }
+            changes_bytes += format::record_bytes(1, r).len() as u64;
+        }
+        let file = storage.open(path, true).map_err(StoreError::io(path))?;
+        format::apply_repairs(storage.as_ref(), path, &log.repairs)?;
+        if log.torn > 0 {
+            log::warn!(
+                "{}: cutting off a torn, never acknowledged commit ({} bytes at offset {})",
+                path.display(),
+                log.torn,
+                log.end
+            );
+            file.set_len(log.end)
+                .and_then(|_| file.sync_data())
+                .map_err(StoreError::io(path))?;
+        }
+        let cf = CatalogFile {
+            storage,
+            path: path.to_owned(),
+            tmp: tmp.to_owned(),
+            repo_id: header.repo,
+            file,
+            end: log.end,
+            next_seq: log.records.len() as u64 + 1,
+            checkpoint_bytes,
+            changes_bytes,
+        };
+        Ok((cf, cat, header.repo))
+    }
+
+    /// Makes the change from `old` to `new` durable: one appended record.
+    pub fn commit(&mut self, old: &Catalog, new: &Catalog) -> Result<(), CommitError> {
+        let payload = format::encode(&CatalogRecord::Changes(old.changes_to(new)));
+        let bytes = format::record_bytes(self.next_seq, &payload);
+        let io = |e| StoreError::io(&self.path)(e);
+        if let Err(e) = self.file.write_all_at(&bytes, self.end) {
+            // Take the torn record back out; if that fails too, nobody can
+            // say what a reader will find.
+            return match self
+                .file
+                .set_len(self.end)
+                .and_then(|_| self.file.sync_data())
+            {
+                Ok(()) => Err(CommitError::NotWritten(io(e))),
+                Err(_) => Err(CommitError::Unknown(io(e))),
+            };
+        }
+        if let Err(e) = self.file.sync_data() {
+            return Err(CommitError::Unknown(io(e)));
+        }
+        self.end += bytes.len() as u64;
+        self.next_seq += 1;
+        self.changes_bytes += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Whether the change records outweigh the checkpoint enough to rewrite.
+    pub fn wants_compaction(&self) -> bool {
+        self.changes_bytes > MIN_COMPACT_BYTES.max(COMPACT_RATIO * self.checkpoint_bytes)
+    }
+
+    /// Rewrites the file as one checkpoint of `cat` (which must be the state
+    /// the file holds). A failure before the new file is in place changes
+    /// nothing; a failure after is [`CommitError::Unknown`].
+    pub fn compact(&mut self, cat: &Catalog) -> Result<(), CommitError> {
+        let bytes = Self::image(self.repo_id, cat);
+        match format::write_atomic(self.storage.as_ref(), &self.tmp, &self.path, &bytes) {
+            Ok(()) => {}
+            Err(e @ StoreError::Uncertain { .. }) => return Err(CommitError::Unknown(e)),
+            Err(e) => return Err(CommitError::NotWritten(e)),
+        }
+        let file = self
+            .storage
+            .open(&self.path, true)
+            .map_err(|e| CommitError::Unknown(StoreError::io(&self.path)(e)))?;
+        self.file = file;
+        self.end = bytes.len() as u64;
+        self.next_seq = 2;
+        self.checkpoint_bytes =
+            bytes.len() as u64 - format::doc_bytes(MAGIC_CATALOG, b"").len() as u64;
+        self.changes_bytes = 0;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(s: &str) -> DiskName {
+        DiskName::parse(s).unwrap()
+    }
+
+    #[test]
+    fn changes_replay_to_the_same_catalog() {
+        let mut a = Catalog {
+            next_layer: 5,
+            next_seq: 3,
+            ..Catalog::default()
+        };
+        a.disks.insert(
+            name("d"),
+            DiskRecord {
+                size: 1 << 20,
+                block_size: 4096,
+                live: LayerId(2),
+                created: 1,
+            },
+        );
+        a.snapshots.entry(name("d")).or_default().insert(
+            SnapName::parse("s").unwrap(),
+            SnapshotRecord {
+                layer: LayerId(1),
+                taken: 2,
+                seq: 1,
+            },
+        );
+        let mut b = a.clone();
+        b.generation += 1;
+        b.disks.remove(&name("d"));
+        b.snapshots.clear();
+        b.snapshots.entry(name("e")).or_default().insert(
+            SnapName::parse("t").unwrap(),
+            SnapshotRecord {
+                layer: LayerId(3),
+                taken: 4,
+                seq: 2,
+            },
+        );
+        b.add_intent(Intent {
+            what: "x".into(),
+            files: vec![(LayerId(4), LayerFileKind::Data)],
+        });
+        let mut replay = a.clone();
+        replay.apply(a.changes_to(&b));
+        assert_eq!(replay, b);
+        let mut back = b.clone();
+        back.apply(b.changes_to(&a));
+        assert_eq!(back, a);
     }
 }

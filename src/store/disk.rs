@@ -1,24 +1,41 @@
 //! A disk's live image: reads through the owner map, writes into the live
-//! layer with copy-up, discard, and flush.
+//! layer with copy-up, discard, flush, and the failure latch.
 //!
-//! Locks: `writer` serializes everything that changes the live layer
-//! (writes, discards, flushes, freezing). `state` is held for reading by
+//! # Locks
+//!
+//! `journal` serializes flushes and freezes, so journal records are
+//! appended in the order their changes happened. `writer` serializes
+//! everything that changes the live layer (writes, discards, taking the
+//! changes a flush will journal, freezing). `state` is held for reading by
 //! readers and by the writer while it works, and for writing only for the
-//! instant the present set or the layer itself is swapped. Order: `writer`
-//! before `state`, and `state` before any repository lock.
+//! instant the present map or the layer itself changes. Order: `journal`,
+//! then `writer`, then `state`, then any repository lock.
+//!
+//! A flush holds `writer` only to take the changes it will journal; the
+//! fdatasync that makes their data durable runs without it, so writers do
+//! not wait for the device.
+//!
+//! # The latch
+//!
+//! Once a write, discard, sync or journal append of the live layer fails,
+//! the disk is latched: every later write, flush and snapshot of it fails
+//! with `EIO` until the repository is opened again, which recovers the
+//! layer as of its last successful flush. After a failed fsync the kernel
+//! may already have dropped the data it could not write, so a later fsync
+//! that succeeds proves nothing (the PostgreSQL fsync lesson); and bytes of
+//! a write that failed half-way must not be frozen into a snapshot.
 
 use std::ops::Range;
-use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
-use parking_lot::{Mutex, MutexGuard, RwLock};
+use parking_lot::{Mutex, RwLock};
 
 use super::error::{Result, StoreError};
-use super::extents::OwnerMap;
+use super::extents::{BlockKind, OwnerMap};
 use super::image::{self, ImageRead, Layout, Piece};
-use super::layer::{is_zero, Geometry, LayerFiles, LiveLayer};
-use super::names::{BlockNo, DiskName};
-use crate::sys;
+use super::journal::Journal;
+use super::layer::{is_zero, FrozenIndex, Geometry, LayerFiles, LiveLayer};
+use super::names::{BlockNo, DiskName, LayerId};
 
 pub(crate) struct DiskState {
     pub live: LiveLayer,
@@ -31,15 +48,17 @@ pub struct Disk {
     name: DiskName,
     geo: Geometry,
     files: Arc<LayerFiles>,
+    journal: Mutex<Journal>,
     writer: Mutex<()>,
     pub(crate) state: RwLock<DiskState>,
+    /// Why the disk stopped accepting writes, once it has.
+    latch: Mutex<Option<String>>,
 }
 
-/// How one block of a write is carried out.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Run {
-    Data,
-    Zero,
+/// What [`Disk::freeze`] froze.
+pub(crate) struct Frozen {
+    pub layer: LayerId,
+    pub index: FrozenIndex,
 }
 
 impl Disk {
@@ -47,14 +66,17 @@ impl Disk {
         name: DiskName,
         files: Arc<LayerFiles>,
         live: LiveLayer,
+        journal: Journal,
         base: OwnerMap,
     ) -> Disk {
         Disk {
             name,
             geo: live.geo,
             files,
+            journal: Mutex::new(journal),
             writer: Mutex::new(()),
             state: RwLock::new(DiskState { live, base }),
+            latch: Mutex::new(None),
         }
     }
 
@@ -64,10 +86,6 @@ impl Disk {
 
     pub fn block_size(&self) -> u32 {
         self.geo.block_size
-    }
-
-    pub(crate) fn lock_writer(&self) -> MutexGuard<'_, ()> {
-        self.writer.lock()
     }
 
     fn check_range(&self, offset: u64, len: u64) -> Result<u64> {
@@ -82,6 +100,35 @@ impl Disk {
             })
     }
 
+    /// Fails if the disk is latched (see the module doc).
+    pub fn check_latch(&self) -> Result<()> {
+        match self.latch.lock().as_ref() {
+            Some(cause) => Err(StoreError::Latched {
+                disk: self.name.clone(),
+                cause: cause.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether the disk is latched.
+    pub fn is_latched(&self) -> bool {
+        self.latch.lock().is_some()
+    }
+
+    /// Latches the disk on `e`, keeping the first cause, and returns `e`.
+    fn latch(&self, e: StoreError) -> StoreError {
+        let mut latch = self.latch.lock();
+        if latch.is_none() {
+            log::error!(
+                "disk '{}': {e}; it accepts no more writes until the repository is opened again",
+                self.name
+            );
+            *latch = Some(e.to_string());
+        }
+        e
+    }
+
     /// Writes `data` at `offset`. The whole write must lie inside the disk.
     /// Durable after the next [`Disk::flush`].
     pub fn write_at(&self, offset: u64, data: &[u8]) -> Result<()> {
@@ -90,17 +137,24 @@ impl Disk {
             return Ok(());
         }
         let _w = self.writer.lock();
-        self.write_locked(offset, data)
+        self.check_latch()?;
+        self.write_locked(offset, data).map_err(|e| self.latch(e))
     }
 
-    /// Turns `len` bytes at `offset` into zeros. Whole blocks become holes
-    /// that occupy no space; partial blocks at the edges are zero-filled.
+    /// Turns `len` bytes at `offset` into zeros. Whole blocks become zero
+    /// blocks that occupy no space and are recorded without being read;
+    /// partial blocks at the edges are written with zeros.
     pub fn discard(&self, offset: u64, len: u64) -> Result<()> {
         let end = self.check_range(offset, len)?;
         if len == 0 {
             return Ok(());
         }
         let _w = self.writer.lock();
+        self.check_latch()?;
+        self.discard_locked(offset, end).map_err(|e| self.latch(e))
+    }
+
+    fn discard_locked(&self, offset: u64, end: u64) -> Result<()> {
         let bs = self.geo.block_size as u64;
         let first_full = offset.div_ceil(bs);
         let end_full = if end == self.geo.size {
@@ -109,7 +163,7 @@ impl Disk {
             end / bs
         };
         if first_full >= end_full {
-            return self.write_locked(offset, &vec![0u8; len as usize]);
+            return self.write_locked(offset, &vec![0u8; (end - offset) as usize]);
         }
         let head = self.geo.block_start(first_full);
         if offset < head {
@@ -117,9 +171,12 @@ impl Disk {
         }
         let full = self.geo.byte_range(first_full..end_full);
         let data = self.state.read().live.data.clone();
-        sys::punch_hole(&data, full.start, full.end - full.start)
+        data.punch_hole(full.start, full.end - full.start)
             .map_err(|e| self.io_err(full.start, e))?;
-        self.state.write().live.mark_present(first_full..end_full);
+        self.state
+            .write()
+            .live
+            .mark(first_full..end_full, BlockKind::Zero);
         if full.end < end {
             self.write_locked(full.end, &vec![0u8; (end - full.end) as usize])?;
         }
@@ -128,14 +185,78 @@ impl Disk {
 
     /// Makes every write completed before the call durable (guarantee 3).
     pub fn flush(&self) -> Result<()> {
-        let _w = self.writer.lock();
-        self.flush_locked()
+        let mut journal = self.journal.lock();
+        self.check_latch()?;
+        let (changes, full, data) = {
+            let _w = self.writer.lock();
+            let mut st = self.state.write();
+            let full = journal
+                .wants_rewrite(&st.live.present)
+                .then(|| st.live.present.clone());
+            (st.live.take_unlogged(), full, st.live.data.clone())
+        };
+        let path = self.state.read().live.data_path.clone();
+        data.sync_data()
+            .map_err(|e| self.latch(StoreError::io(&path)(e)))?;
+        let journaled = match full {
+            Some(present) => journal.rewrite(&present),
+            None if changes.is_empty() => Ok(()),
+            None => journal.append(&changes),
+        };
+        journaled.map_err(|e| self.latch(e))
     }
 
-    pub(crate) fn flush_locked(&self) -> Result<()> {
-        self.state.read().live.sync()?;
-        self.state.write().live.journaled();
-        Ok(())
+    /// Syncs the live layer's data without holding up writers: the bulk of
+    /// what a snapshot must make durable, done before it takes the locks.
+    pub(crate) fn sync_data(&self) -> Result<()> {
+        self.check_latch()?;
+        let (data, path) = {
+            let st = self.state.read();
+            (st.live.data.clone(), st.live.data_path.clone())
+        };
+        data.sync_data()
+            .map_err(|e| self.latch(StoreError::io(&path)(e)))
+    }
+
+    /// Freezes the live layer in place and makes `fresh` the new live layer.
+    /// Holds writers off only for the critical section: the sync of what
+    /// was written since [`Disk::sync_data`], writing the index (with
+    /// `write_index`), and the catalog commit (`commit`). If either fails,
+    /// nothing changes in memory and the caller removes what it made.
+    pub(crate) fn freeze(
+        &self,
+        fresh: LiveLayer,
+        fresh_journal: Journal,
+        write_index: impl FnOnce(LayerId, &FrozenIndex) -> Result<()>,
+        commit: impl FnOnce(LayerId, &FrozenIndex, u64) -> Result<()>,
+    ) -> Result<Frozen> {
+        let mut journal = self.journal.lock();
+        let _w = self.writer.lock();
+        self.check_latch()?;
+        let (id, data, path, index) = {
+            let st = self.state.read();
+            (
+                st.live.id,
+                st.live.data.clone(),
+                st.live.data_path.clone(),
+                FrozenIndex::from_present(&st.live.present),
+            )
+        };
+        data.sync_data()
+            .map_err(|e| self.latch(StoreError::io(&path)(e)))?;
+        write_index(id, &index)?;
+        let stored = data.allocated_bytes().map_err(StoreError::io(&path))?;
+        commit(id, &index, stored)?;
+        let mut st = self.state.write();
+        for r in index.data.runs() {
+            st.base.paint(r, id);
+        }
+        for r in index.zero.runs() {
+            st.base.clear(r);
+        }
+        st.live = fresh;
+        *journal = fresh_journal;
+        Ok(Frozen { layer: id, index })
     }
 
     fn io_err(&self, offset: u64, source: std::io::Error) -> StoreError {
@@ -145,62 +266,90 @@ impl Disk {
         }
     }
 
-    /// The write itself; the caller holds `writer`, so the present set only
+    /// The write itself; the caller holds `writer`, so the present map only
     /// changes here.
     fn write_locked(&self, offset: u64, data: &[u8]) -> Result<()> {
         let end = offset + data.len() as u64;
         let bs = self.geo.block_size as u64;
         let blocks = offset / bs..end.div_ceil(bs);
         let file = self.state.read().live.data.clone();
+        let mut marks: Vec<(Range<u64>, BlockKind)> = Vec::new();
         // Contiguous whole blocks of one kind go out in one call.
-        let mut run: Option<(Run, Range<u64>)> = None;
-        let emit = |run: &mut Option<(Run, Range<u64>)>| -> Result<()> {
-            match run.take() {
-                Some((Run::Data, r)) => {
+        let mut run: Option<(BlockKind, Range<u64>)> = None;
+        let emit = |run: &mut Option<(BlockKind, Range<u64>)>,
+                    marks: &mut Vec<(Range<u64>, BlockKind)>|
+         -> Result<()> {
+            let Some((kind, r)) = run.take() else {
+                return Ok(());
+            };
+            match kind {
+                BlockKind::Data => {
                     let src = &data[(r.start - offset) as usize..(r.end - offset) as usize];
                     file.write_all_at(src, r.start)
-                        .map_err(|e| self.io_err(r.start, e))
                 }
-                Some((Run::Zero, r)) => sys::punch_hole(&file, r.start, r.end - r.start)
-                    .map_err(|e| self.io_err(r.start, e)),
-                None => Ok(()),
+                BlockKind::Zero => file.punch_hole(r.start, r.end - r.start),
             }
+            .map_err(|e| self.io_err(r.start, e))?;
+            marks.push((r.start / bs..r.end.div_ceil(bs), kind));
+            Ok(())
         };
-        for b in blocks.clone() {
+        for b in blocks {
             let br = self.geo.byte_range(b..b + 1);
             let (ws, we) = (br.start.max(offset), br.end.min(end));
             let part = &data[(ws - offset) as usize..(we - offset) as usize];
             if ws == br.start && we == br.end {
-                let kind = if is_zero(part) { Run::Zero } else { Run::Data };
+                let kind = if is_zero(part) {
+                    BlockKind::Zero
+                } else {
+                    BlockKind::Data
+                };
                 match &mut run {
                     Some((k, r)) if *k == kind => r.end = br.end,
                     _ => {
-                        emit(&mut run)?;
+                        emit(&mut run, &mut marks)?;
                         run = Some((kind, br));
                     }
                 }
                 continue;
             }
-            emit(&mut run)?;
-            let present = self.state.read().live.present.contains(b);
-            if present {
-                file.write_all_at(part, ws)
-                    .map_err(|e| self.io_err(ws, e))?;
-            } else {
-                // Copy-up: the block enters the live layer whole.
-                let mut block = vec![0u8; (br.end - br.start) as usize];
-                self.read_base(BlockNo(b), &mut block)?;
-                block[(ws - br.start) as usize..(we - br.start) as usize].copy_from_slice(part);
-                if is_zero(&block) {
-                    sys::punch_hole(&file, br.start, block.len() as u64)
-                } else {
-                    file.write_all_at(&block, br.start)
+            emit(&mut run, &mut marks)?;
+            let held = self.state.read().live.present.get(b);
+            match held {
+                Some(BlockKind::Data) => {
+                    file.write_all_at(part, ws)
+                        .map_err(|e| self.io_err(ws, e))?;
                 }
-                .map_err(|e| self.io_err(br.start, e))?;
+                // The block is a hole that reads as zeros: only the new
+                // bytes need writing.
+                Some(BlockKind::Zero) if is_zero(part) => {}
+                Some(BlockKind::Zero) => {
+                    file.write_all_at(part, ws)
+                        .map_err(|e| self.io_err(ws, e))?;
+                    marks.push((b..b + 1, BlockKind::Data));
+                }
+                None => {
+                    // Copy-up: the block enters the live layer whole.
+                    let mut block = vec![0u8; (br.end - br.start) as usize];
+                    self.read_base(BlockNo(b), &mut block)?;
+                    block[(ws - br.start) as usize..(we - br.start) as usize].copy_from_slice(part);
+                    let kind = if is_zero(&block) {
+                        file.punch_hole(br.start, block.len() as u64)
+                            .map_err(|e| self.io_err(br.start, e))?;
+                        BlockKind::Zero
+                    } else {
+                        file.write_all_at(&block, br.start)
+                            .map_err(|e| self.io_err(br.start, e))?;
+                        BlockKind::Data
+                    };
+                    marks.push((b..b + 1, kind));
+                }
             }
         }
-        emit(&mut run)?;
-        self.state.write().live.mark_present(blocks);
+        emit(&mut run, &mut marks)?;
+        let mut st = self.state.write();
+        for (r, kind) in marks {
+            st.live.mark(r, kind);
+        }
         Ok(())
     }
 
@@ -264,11 +413,11 @@ impl Layout for Disk {
             files: &self.files,
         };
         let mut out = Vec::new();
-        for (r, in_live) in st.live.present.segments(blocks) {
-            if in_live {
-                out.push((r, Piece::Data(st.live.data.clone())));
-            } else {
-                out.extend(base.pieces(r)?);
+        for (r, held) in st.live.present.segments(blocks) {
+            match held {
+                Some(BlockKind::Data) => out.push((r, Piece::Data(st.live.data.clone()))),
+                Some(BlockKind::Zero) => out.push((r, Piece::Zero)),
+                None => out.extend(base.pieces(r)?),
             }
         }
         Ok(out)

@@ -31,10 +31,26 @@ pub enum StoreError {
     },
     #[error("{path} needs features this build does not have (incompatible feature bits {bits:#x}); upgrade strata to open it")]
     UnknownFeatures { path: PathBuf, bits: u32 },
-    #[error("{path} is corrupt: {what}; nothing was changed (run `strata verify`, or restore the file from a backup)")]
+    #[error("{path} is damaged: {what}; nothing was changed (restore the file from a backup, or from a replica of the repository)")]
     Corrupt { path: PathBuf, what: String },
+    #[error("repository {root} does not match its catalog: {what}; nothing was changed. {hint}", root = .root.display())]
+    Inconsistent {
+        root: PathBuf,
+        what: String,
+        hint: String,
+    },
     #[error("repository {path} is in use by PID {pid}; stop that process or run the command against its mount")]
     Locked { path: PathBuf, pid: String },
+    #[error("disk '{disk}' stopped accepting writes after an I/O error ({cause}); nothing written since is acknowledged. Open the repository again (remount) to recover every write acknowledged before the error")]
+    Latched { disk: DiskName, cause: String },
+    #[error("the repository stopped accepting changes after its catalog could not be written ({cause}). Open it again (remount) to go on")]
+    CatalogLatched { cause: String },
+    #[error("{path}: {source}; the change may or may not have been made durable (open the repository again to find out)")]
+    Uncertain {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("disk '{0}' does not exist (see `strata disk list`)")]
     NoSuchDisk(DiskName),
     #[error("disk '{0}' already exists")]
@@ -84,7 +100,10 @@ impl StoreError {
     /// The errno a file system should answer with for this error.
     pub fn errno(&self) -> i32 {
         match self {
-            StoreError::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
+            StoreError::Io { source, .. } | StoreError::Uncertain { source, .. } => {
+                source.raw_os_error().unwrap_or(libc::EIO)
+            }
+            StoreError::Latched { .. } | StoreError::CatalogLatched { .. } => libc::EIO,
             StoreError::NoSuchDisk(_) | StoreError::NoSuchSnapshot(_) => libc::ENOENT,
             StoreError::DiskExists(_) | StoreError::SnapshotExists(_) => libc::EEXIST,
             StoreError::OutOfRange { .. } => libc::EFBIG,
@@ -95,7 +114,8 @@ impl StoreError {
             | StoreError::AlreadyARepository(_)
             | StoreError::NewerFormat { .. }
             | StoreError::UnknownFeatures { .. }
-            | StoreError::Corrupt { .. } => libc::EIO,
+            | StoreError::Corrupt { .. }
+            | StoreError::Inconsistent { .. } => libc::EIO,
         }
     }
 }

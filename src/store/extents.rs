@@ -1,10 +1,11 @@
-//! Block sets and owner maps as sorted runs.
+//! Block sets and block maps as sorted runs.
 //!
-//! [`ExtentSet`] is a set of blocks kept as disjoint, non-adjacent runs: a
-//! layer's present blocks. [`OwnerMap`] maps every block to the layer that
-//! holds its newest copy, also as runs. Both answer a lookup in
-//! O(log runs) whatever the number of layers below, which is what makes a
-//! read cost the same at chain depth 1 and 10,000.
+//! [`ExtentSet`] is a set of blocks kept as disjoint, non-adjacent runs.
+//! [`RunMap`] maps blocks to values, also as runs: a layer's
+//! [`PresentMap`] (which blocks it holds, as data or as zeros) and an
+//! image's [`OwnerMap`] (which layer holds each block's newest copy). Both
+//! answer a lookup in O(log runs) whatever the number of layers below,
+//! which is what makes a read cost the same at chain depth 1 and 10,000.
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -113,14 +114,26 @@ impl ExtentSet {
     }
 }
 
-/// Block → layer holding the block's newest copy, as disjoint runs. Blocks in
-/// no run belong to no layer and read as zeros.
-#[derive(Debug, Clone, Default)]
-pub struct OwnerMap {
-    runs: BTreeMap<u64, (u64, LayerId)>,
+/// A map from blocks to values, as disjoint runs `start..end → value`;
+/// neighbouring runs with the same value are merged, so the map's memory is
+/// proportional to how fragmented it is, not to the disk. Blocks in no run
+/// have no value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunMap<V> {
+    runs: BTreeMap<u64, (u64, V)>,
+    blocks: u64,
 }
 
-impl OwnerMap {
+impl<V> Default for RunMap<V> {
+    fn default() -> Self {
+        RunMap {
+            runs: BTreeMap::new(),
+            blocks: 0,
+        }
+    }
+}
+
+impl<V: Copy + Eq> RunMap<V> {
     pub fn new() -> Self {
         Self::default()
     }
@@ -134,66 +147,100 @@ impl OwnerMap {
         self.runs.is_empty()
     }
 
-    /// Makes `layer` the owner of every block of `range`, over whatever owned
-    /// them before: how a newer layer covers the ones below it.
-    pub fn paint(&mut self, range: Range<u64>, layer: LayerId) {
+    /// Number of blocks that have a value.
+    pub fn blocks(&self) -> u64 {
+        self.blocks
+    }
+
+    pub fn get(&self, block: u64) -> Option<V> {
+        self.runs
+            .range(..=block)
+            .next_back()
+            .filter(|(_, &(end, _))| block < end)
+            .map(|(_, &(_, v))| v)
+    }
+
+    /// Removes every value in `range`, splitting runs that straddle it.
+    pub fn clear(&mut self, range: Range<u64>) {
         if range.is_empty() {
             return;
         }
         let (start, end) = (range.start, range.end);
-        // Split a run that straddles `start`, keeping its left part.
-        if let Some((&s, &(e, l))) = self.runs.range(..start).next_back() {
+        if let Some((&s, &(e, v))) = self.runs.range(..start).next_back() {
             if e > start {
-                self.runs.insert(s, (start, l));
+                self.runs.insert(s, (start, v));
+                self.blocks -= e - start;
                 if e > end {
-                    self.runs.insert(end, (e, l));
+                    self.runs.insert(end, (e, v));
+                    self.blocks += e - end;
                 }
             }
         }
-        // Remove runs that start inside the range, keeping a right remainder.
         let inside: Vec<u64> = self.runs.range(start..end).map(|(&s, _)| s).collect();
         for s in inside {
-            if let Some((e, l)) = self.runs.remove(&s) {
+            if let Some((e, v)) = self.runs.remove(&s) {
+                self.blocks -= e - s;
                 if e > end {
-                    self.runs.insert(end, (e, l));
+                    self.runs.insert(end, (e, v));
+                    self.blocks += e - end;
                 }
             }
         }
-        // Merge with neighbours held by the same layer, to keep runs few.
-        let mut start = start;
-        let mut end = end;
-        if let Some((&s, &(e, l))) = self.runs.range(..start).next_back() {
-            if e == start && l == layer {
+    }
+
+    /// Gives every block of `range` the value `value`, over whatever it had:
+    /// how a newer layer covers the ones below it.
+    pub fn paint(&mut self, range: Range<u64>, value: V) {
+        if range.is_empty() {
+            return;
+        }
+        self.clear(range.clone());
+        let (mut start, mut end) = (range.start, range.end);
+        // Merge with neighbours of the same value, to keep runs few.
+        if let Some((&s, &(e, v))) = self.runs.range(..start).next_back() {
+            if e == start && v == value {
                 self.runs.remove(&s);
                 start = s;
             }
         }
-        if let Some(&(e, l)) = self.runs.get(&end) {
-            if l == layer {
+        if let Some(&(e, v)) = self.runs.get(&end) {
+            if v == value {
                 self.runs.remove(&end);
                 end = e;
             }
         }
-        self.runs.insert(start, (end, layer));
+        self.runs.insert(start, (end, value));
+        self.blocks += range.end - range.start;
     }
 
-    /// The one layer that owns every owned block, when there is exactly one:
-    /// then that layer's file alone is the whole image.
-    pub fn sole_owner(&self) -> Option<LayerId> {
-        let mut owners = self.runs.values().map(|&(_, l)| l);
-        let first = owners.next()?;
-        owners.all(|l| l == first).then_some(first)
+    /// The runs, in order.
+    pub fn runs(&self) -> impl Iterator<Item = (Range<u64>, V)> + '_ {
+        self.runs.iter().map(|(&s, &(e, v))| (s..e, v))
     }
 
-    /// Splits `range` into consecutive pieces, each owned by one layer or by
-    /// none.
-    pub fn segments(&self, range: Range<u64>) -> Vec<(Range<u64>, Option<LayerId>)> {
+    /// The runs that hold `value`, as `(first, count)` pairs.
+    pub fn extents_of(&self, value: V) -> Vec<(u64, u64)> {
+        self.runs()
+            .filter(|(_, v)| *v == value)
+            .map(|(r, _)| (r.start, r.end - r.start))
+            .collect()
+    }
+
+    /// The one value every block with a value has, when there is exactly one.
+    pub fn sole_value(&self) -> Option<V> {
+        let mut values = self.runs.values().map(|&(_, v)| v);
+        let first = values.next()?;
+        values.all(|v| v == first).then_some(first)
+    }
+
+    /// Splits `range` into consecutive pieces, each with one value or none.
+    pub fn segments(&self, range: Range<u64>) -> Vec<(Range<u64>, Option<V>)> {
         let mut out = Vec::new();
         self.segments_into(range, &mut out);
         out
     }
 
-    pub fn segments_into(&self, range: Range<u64>, out: &mut Vec<(Range<u64>, Option<LayerId>)>) {
+    pub fn segments_into(&self, range: Range<u64>, out: &mut Vec<(Range<u64>, Option<V>)>) {
         let mut pos = range.start;
         let first = self
             .runs
@@ -201,7 +248,7 @@ impl OwnerMap {
             .next_back()
             .map(|(&s, _)| s)
             .unwrap_or(range.start);
-        for (&s, &(e, l)) in self.runs.range(first..range.end) {
+        for (&s, &(e, v)) in self.runs.range(first..range.end) {
             if e <= pos {
                 continue;
             }
@@ -209,7 +256,7 @@ impl OwnerMap {
                 out.push((pos..s, None));
             }
             let stop = e.min(range.end);
-            out.push((s.max(pos)..stop, Some(l)));
+            out.push((s.max(pos)..stop, Some(v)));
             pos = stop;
         }
         if pos < range.end {
@@ -217,6 +264,23 @@ impl OwnerMap {
         }
     }
 }
+
+/// Block → layer holding the block's newest copy. Blocks in no run belong to
+/// no layer, or to a layer that holds them as zeros: either way they read as
+/// zeros without touching a file.
+pub type OwnerMap = RunMap<LayerId>;
+
+/// What a layer holds for one of its present blocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BlockKind {
+    /// Bytes in the layer's data file.
+    Data,
+    /// Zeros, recorded without any bytes (a discard or a write of zeros).
+    Zero,
+}
+
+/// A layer's present blocks and what each holds.
+pub type PresentMap = RunMap<BlockKind>;
 
 #[cfg(test)]
 mod tests {
@@ -255,14 +319,28 @@ mod tests {
         }
 
         #[test]
-        fn owner_map_matches_an_array(ops in prop::collection::vec((0u64..200, 1u64..30, 0u64..5), 0..60)) {
+        fn run_map_matches_an_array(ops in prop::collection::vec((0u64..200, 1u64..30, 0u64..6), 0..60)) {
             let mut m = OwnerMap::new();
             let mut model = [None; 240];
             for (a, n, l) in ops {
-                m.paint(a..a + n, LayerId(l));
-                for slot in &mut model[a as usize..(a + n) as usize] {
-                    *slot = Some(LayerId(l));
+                // Value 5 stands for clearing the range.
+                let v = (l < 5).then_some(LayerId(l));
+                match v {
+                    Some(id) => m.paint(a..a + n, id),
+                    None => m.clear(a..a + n),
                 }
+                for slot in &mut model[a as usize..(a + n) as usize] {
+                    *slot = v;
+                }
+            }
+            prop_assert_eq!(m.blocks(), model.iter().filter(|s| s.is_some()).count() as u64);
+            for (b, want) in model.iter().enumerate() {
+                prop_assert_eq!(m.get(b as u64), *want);
+            }
+            // Runs are disjoint, and touching runs differ in value.
+            let runs: Vec<_> = m.runs().collect();
+            for w in runs.windows(2) {
+                prop_assert!(w[0].0.end < w[1].0.start || (w[0].0.end == w[1].0.start && w[0].1 != w[1].1));
             }
             let segs = m.segments(3..237);
             let mut pos = 3;

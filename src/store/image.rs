@@ -6,7 +6,7 @@
 //! description, so the live disk and a snapshot differ only in how they
 //! produce it.
 
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::Write;
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
@@ -15,12 +15,12 @@ use std::sync::Arc;
 
 use super::error::{Result, StoreError};
 use super::layer::{is_zero, Geometry};
-use crate::sys;
+use super::storage::StorageFile;
 
-/// Where a run of blocks comes from.
+/// Where a run of blocks comes from: zeros, or a layer's data file.
 pub enum Piece {
     Zero,
-    Data(Arc<File>),
+    Data(Arc<dyn StorageFile>),
 }
 
 /// How far one layout query reaches, in blocks; bounds the memory of a scan
@@ -65,7 +65,7 @@ pub(crate) fn read_at(layout: &dyn Layout, offset: u64, buf: &mut [u8]) -> Resul
         }
     };
     // Pieces (file, disk offset, buffer range) still to be read from the device.
-    let mut missed: Vec<(&File, u64, std::ops::Range<usize>)> = Vec::new();
+    let mut missed: Vec<(&dyn StorageFile, u64, std::ops::Range<usize>)> = Vec::new();
     for (blocks, piece) in &pieces {
         let r = geo.byte_range(blocks.clone());
         let (s, e) = (r.start.max(offset), r.end.min(end));
@@ -77,14 +77,14 @@ pub(crate) fn read_at(layout: &dyn Layout, offset: u64, buf: &mut [u8]) -> Resul
             }
             Piece::Data(f) => f.as_ref(),
         };
-        let got = sys::pread_cached(file, &mut buf[dst.clone()], s).map_err(io(s))?;
+        let got = file.read_cached(&mut buf[dst.clone()], s).map_err(io(s))?;
         if got < dst.len() {
             missed.push((file, s + got as u64, dst.start + got..dst.end));
         }
     }
     if missed.len() > 1 {
         for (file, at, dst) in &missed {
-            sys::prefetch(file, *at, dst.len() as u64).map_err(io(*at))?;
+            file.prefetch(*at, dst.len() as u64).map_err(io(*at))?;
         }
     }
     for (file, at, dst) in missed {
@@ -94,8 +94,9 @@ pub(crate) fn read_at(layout: &dyn Layout, offset: u64, buf: &mut [u8]) -> Resul
 }
 
 /// The first offset at or after `offset` that is data (`want_data`) or a
-/// hole. Asks each layer file with `SEEK_DATA`/`SEEK_HOLE`, so zero blocks
-/// stored as holes count as holes.
+/// hole. The layout alone answers: blocks a layer holds as data are data,
+/// zero blocks and blocks no layer holds are holes. No file is asked, so
+/// the answer does not depend on how the host file system keeps holes.
 pub(crate) fn probe(layout: &dyn Layout, offset: u64, want_data: bool) -> Result<Option<u64>> {
     let geo = layout.geometry();
     let bs = geo.block_size as u64;
@@ -108,18 +109,9 @@ pub(crate) fn probe(layout: &dyn Layout, offset: u64, want_data: bool) -> Result
             if s >= r.end {
                 continue;
             }
-            let io = |e| StoreError::Io {
-                path: format!("layer data at offset {s}").into(),
-                source: e,
-            };
-            let found = match (&piece, want_data) {
-                (Piece::Zero, true) => None,
-                (Piece::Zero, false) => Some(s),
-                (Piece::Data(f), true) => sys::seek_data(f, s).map_err(io)?,
-                (Piece::Data(f), false) => Some(sys::seek_hole(f, s).map_err(io)?),
-            };
-            if let Some(pos) = found.filter(|&p| p < r.end) {
-                return Ok(Some(pos));
+            let is_data = matches!(piece, Piece::Data(_));
+            if is_data == want_data {
+                return Ok(Some(s));
             }
         }
         block = window.end;

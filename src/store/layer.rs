@@ -1,16 +1,16 @@
-//! Layer files: a layer's sparse data file, a frozen layer's index, and a
-//! live layer's journal of present blocks (format: [`super::format`]).
+//! Layer files: a layer's sparse data file, a frozen layer's index, and the
+//! live layer's in-memory state (format: [`super::format`]; the live
+//! layer's journal is [`super::journal`]).
 //!
-//! A live layer's present set is known in memory; the journal holds the part
-//! of it that was present at the last flush. Recovery reads the journal,
-//! cuts off a torn tail and punches out any data written after the last
-//! flush to blocks the journal does not name, so such blocks fall through to
-//! the layer below again.
+//! A live layer's present map is known in memory; the journal holds the
+//! part of it that was present at the last flush. Recovery replays the
+//! journal and punches out every byte of the data file that lies outside
+//! the journal's data blocks (writes after the last flush, and zero blocks),
+//! so such blocks read as the layer below again and the file alone reads as
+//! the layer.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
 use std::num::NonZeroUsize;
-use std::os::unix::fs::FileExt;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -18,10 +18,10 @@ use lru::LruCache;
 use parking_lot::Mutex;
 
 use super::error::{Result, StoreError};
-use super::extents::ExtentSet;
-use super::format::{self, LayerIndex, LogHeader, HEADER_LEN, MAGIC_INDEX, MAGIC_LOG};
+use super::extents::{BlockKind, ExtentSet, PresentMap};
+use super::format::{self, LayerFileKind, LayerIndex, MAGIC_INDEX};
 use super::names::LayerId;
-use crate::sys;
+use super::storage::{Storage, StorageFile};
 
 /// Where a layer's files are.
 #[derive(Debug, Clone)]
@@ -31,15 +31,34 @@ pub struct LayerPaths {
 }
 
 impl LayerPaths {
+    pub fn file(&self, id: LayerId, kind: LayerFileKind) -> PathBuf {
+        self.dir.join(format!("{id}.{}", kind.extension()))
+    }
     pub fn data(&self, id: LayerId) -> PathBuf {
-        self.dir.join(format!("{id}.data"))
+        self.file(id, LayerFileKind::Data)
     }
     pub fn index(&self, id: LayerId) -> PathBuf {
-        self.dir.join(format!("{id}.idx"))
+        self.file(id, LayerFileKind::Index)
     }
     pub fn log(&self, id: LayerId) -> PathBuf {
-        self.dir.join(format!("{id}.log"))
+        self.file(id, LayerFileKind::Log)
     }
+}
+
+/// The layer file a name in `layers/` stands for, if it is one.
+pub fn parse_file_name(name: &str) -> Option<(LayerId, LayerFileKind)> {
+    let (id, ext) = name.split_once('.')?;
+    if id.len() != 16
+        || !id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        return None;
+    }
+    Some((
+        LayerId(u64::from_str_radix(id, 16).ok()?),
+        LayerFileKind::from_extension(ext)?,
+    ))
 }
 
 /// Geometry of a layer: how bytes map to blocks.
@@ -61,23 +80,64 @@ impl Geometry {
         (self.size - self.block_start(block)).min(self.block_size as u64)
     }
     /// The byte range `first..end` of blocks, clipped to the disk.
-    pub fn byte_range(&self, blocks: std::ops::Range<u64>) -> std::ops::Range<u64> {
+    pub fn byte_range(&self, blocks: Range<u64>) -> Range<u64> {
         self.block_start(blocks.start)..self.block_start(blocks.end).min(self.size)
     }
 }
 
-/// Read-only descriptors of layer data files, bounded by an LRU so a chain
-/// of 10,000 layers does not need 10,000 descriptors.
-pub struct LayerFiles {
+/// Where a frozen layer's bytes come from: the repository's own layer files
+/// today ([`LocalLayers`]); an object store with a local cache could answer
+/// instead, since frozen layers never change.
+pub trait FrozenSource: Send + Sync {
+    fn open_layer(&self, id: LayerId) -> std::io::Result<Arc<dyn StorageFile>>;
+    /// A local file the kernel may read the layer from directly, if any.
+    fn local_path(&self, id: LayerId) -> Option<PathBuf>;
+}
+
+/// Frozen layers read from the repository's `layers/` directory.
+pub struct LocalLayers {
+    storage: Arc<dyn Storage>,
     paths: LayerPaths,
-    open: Mutex<LruCache<LayerId, Arc<File>>>,
+}
+
+impl FrozenSource for LocalLayers {
+    fn open_layer(&self, id: LayerId) -> std::io::Result<Arc<dyn StorageFile>> {
+        self.storage.open(&self.paths.data(id), false)
+    }
+    fn local_path(&self, id: LayerId) -> Option<PathBuf> {
+        self.storage.local_path(&self.paths.data(id))
+    }
+}
+
+/// A repository's layer files: the storage they live in, their paths, the
+/// repository id their metadata carries, and the frozen layers' data files
+/// opened so far, bounded by an LRU so a chain of 10,000 layers does not
+/// need 10,000 descriptors.
+pub struct LayerFiles {
+    storage: Arc<dyn Storage>,
+    paths: LayerPaths,
+    repo_id: u64,
+    source: Box<dyn FrozenSource>,
+    open: Mutex<LruCache<LayerId, Arc<dyn StorageFile>>>,
 }
 
 impl LayerFiles {
-    pub fn new(paths: LayerPaths, capacity: usize) -> Self {
+    pub fn new(
+        storage: Arc<dyn Storage>,
+        paths: LayerPaths,
+        repo_id: u64,
+        capacity: usize,
+    ) -> Self {
         let cap = NonZeroUsize::new(capacity.max(16)).unwrap_or(NonZeroUsize::MIN);
+        let source = Box::new(LocalLayers {
+            storage: storage.clone(),
+            paths: paths.clone(),
+        });
         LayerFiles {
+            storage,
             paths,
+            repo_id,
+            source,
             open: Mutex::new(LruCache::new(cap)),
         }
     }
@@ -86,14 +146,33 @@ impl LayerFiles {
         &self.paths
     }
 
-    pub fn get(&self, id: LayerId) -> Result<Arc<File>> {
+    pub fn storage(&self) -> &dyn Storage {
+        self.storage.as_ref()
+    }
+
+    pub fn storage_arc(&self) -> Arc<dyn Storage> {
+        self.storage.clone()
+    }
+
+    pub fn repo_id(&self) -> u64 {
+        self.repo_id
+    }
+
+    /// A frozen layer's data, for reading.
+    pub fn get(&self, id: LayerId) -> Result<Arc<dyn StorageFile>> {
         if let Some(f) = self.open.lock().get(&id) {
             return Ok(f.clone());
         }
-        let path = self.paths.data(id);
-        let f = Arc::new(File::open(&path).map_err(StoreError::io(&path))?);
+        let f = self
+            .source
+            .open_layer(id)
+            .map_err(StoreError::io(self.paths.data(id)))?;
         self.open.lock().put(id, f.clone());
         Ok(f)
+    }
+
+    pub fn local_path(&self, id: LayerId) -> Option<PathBuf> {
+        self.source.local_path(id)
     }
 
     pub fn forget(&self, id: LayerId) {
@@ -101,59 +180,167 @@ impl LayerFiles {
     }
 }
 
-/// Reads and checks a frozen layer's index.
-pub fn read_index(paths: &LayerPaths, id: LayerId, geo: Geometry) -> Result<(ExtentSet, Vec<u32>)> {
-    let path = paths.index(id);
-    let idx: LayerIndex = format::read_frame(&path, MAGIC_INDEX)?;
-    if idx.layer != id.0 || idx.block_size != geo.block_size || idx.size != geo.size {
-        return Err(StoreError::corrupt(&path, "it belongs to another layer"));
+/// A frozen layer's index, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FrozenIndex {
+    pub data: ExtentSet,
+    pub zero: ExtentSet,
+    /// One CRC-32C per data block, once computed.
+    pub checksums: Option<Vec<u32>>,
+}
+
+impl FrozenIndex {
+    pub fn from_present(present: &PresentMap) -> FrozenIndex {
+        FrozenIndex {
+            data: ExtentSet::from_extents(present.extents_of(BlockKind::Data)),
+            zero: ExtentSet::from_extents(present.extents_of(BlockKind::Zero)),
+            checksums: None,
+        }
     }
+
+    fn to_payload(&self, files: &LayerFiles, id: LayerId, geo: Geometry) -> LayerIndex {
+        LayerIndex {
+            repo: files.repo_id(),
+            layer: id.0,
+            block_size: geo.block_size,
+            size: geo.size,
+            data: self.data.to_extents(),
+            zero: self.zero.to_extents(),
+            checksums: self.checksums.clone(),
+        }
+    }
+}
+
+/// Checks that `extents` are sorted, apart, non-empty and inside the disk.
+fn check_extents(path: &Path, what: &str, extents: &[(u64, u64)], blocks: u64) -> Result<u64> {
     let mut prev_end: Option<u64> = None;
     let mut total = 0u64;
-    for &(first, count) in &idx.extents {
+    for &(first, count) in extents {
         let end = first
             .checked_add(count)
-            .filter(|&e| count > 0 && e <= geo.blocks());
+            .filter(|&e| count > 0 && e <= blocks);
         let Some(end) = end else {
             return Err(StoreError::corrupt(
-                &path,
-                "an extent lies outside the disk",
+                path,
+                format!("a {what} extent lies outside the disk"),
             ));
         };
         if prev_end.is_some_and(|p| first <= p) {
             return Err(StoreError::corrupt(
-                &path,
-                "extents are not sorted and apart",
+                path,
+                format!("{what} extents are not sorted and apart"),
             ));
         }
         prev_end = Some(end);
         total += count;
     }
-    if total != idx.checksums.len() as u64 {
-        return Err(StoreError::corrupt(
-            &path,
-            "checksum count does not match its blocks",
-        ));
-    }
-    Ok((ExtentSet::from_extents(idx.extents), idx.checksums))
+    Ok(total)
 }
 
-pub fn write_index(
-    paths: &LayerPaths,
+/// Reads and checks a frozen layer's index, mending a damaged copy.
+pub fn read_index(files: &LayerFiles, id: LayerId, geo: Geometry) -> Result<FrozenIndex> {
+    let path = files.paths().index(id);
+    let idx: LayerIndex = format::read_doc_payload(files.storage(), &path, MAGIC_INDEX)?;
+    if idx.repo != files.repo_id() {
+        return Err(StoreError::corrupt(
+            &path,
+            "it belongs to another repository",
+        ));
+    }
+    if idx.layer != id.0 || idx.block_size != geo.block_size || idx.size != geo.size {
+        return Err(StoreError::corrupt(&path, "it belongs to another layer"));
+    }
+    let data_blocks = check_extents(&path, "data", &idx.data, geo.blocks())?;
+    check_extents(&path, "zero", &idx.zero, geo.blocks())?;
+    let data = ExtentSet::from_extents(idx.data);
+    let zero = ExtentSet::from_extents(idx.zero);
+    if zero
+        .runs()
+        .any(|r| data.segments(r).iter().any(|(_, inside)| *inside))
+    {
+        return Err(StoreError::corrupt(&path, "a block is both data and zero"));
+    }
+    if idx
+        .checksums
+        .as_ref()
+        .is_some_and(|c| c.len() as u64 != data_blocks)
+    {
+        return Err(StoreError::corrupt(
+            &path,
+            "checksum count does not match its data blocks",
+        ));
+    }
+    Ok(FrozenIndex {
+        data,
+        zero,
+        checksums: idx.checksums,
+    })
+}
+
+/// Writes the index of a layer being frozen as a new file and syncs it
+/// (the caller syncs the directory before committing).
+pub fn write_new_index(
+    files: &LayerFiles,
     id: LayerId,
     geo: Geometry,
-    present: &ExtentSet,
-    checksums: Vec<u32>,
+    idx: &FrozenIndex,
 ) -> Result<()> {
-    let idx = LayerIndex {
-        layer: id.0,
-        block_size: geo.block_size,
-        size: geo.size,
-        extents: present.to_extents(),
-        checksums,
-    };
-    let bytes = format::frame(MAGIC_INDEX, &format::encode(&idx));
-    format::write_atomic(&paths.tmp, &paths.index(id), &bytes)
+    let path = files.paths().index(id);
+    let bytes = format::doc_bytes(
+        MAGIC_INDEX,
+        &format::encode(&idx.to_payload(files, id, geo)),
+    );
+    files
+        .storage()
+        .create_new(&path)
+        .and_then(|f| {
+            f.write_all_at(&bytes, 0)?;
+            f.sync_all()
+        })
+        .map_err(StoreError::io(&path))
+}
+
+/// Replaces a frozen layer's index atomically (to add its checksums).
+pub fn replace_index(
+    files: &LayerFiles,
+    id: LayerId,
+    geo: Geometry,
+    idx: &FrozenIndex,
+) -> Result<()> {
+    let path = files.paths().index(id);
+    let bytes = format::doc_bytes(
+        MAGIC_INDEX,
+        &format::encode(&idx.to_payload(files, id, geo)),
+    );
+    format::write_atomic(files.storage(), &files.paths().tmp, &path, &bytes)
+}
+
+/// CRC-32C of every data block of a frozen layer, in block order.
+pub fn compute_checksums(
+    files: &LayerFiles,
+    id: LayerId,
+    geo: Geometry,
+    data: &ExtentSet,
+) -> Result<Vec<u32>> {
+    let file = files.get(id)?;
+    let path = files.paths().data(id);
+    let bs = geo.block_size as u64;
+    let chunk_blocks = ((1u64 << 20) / bs).max(1);
+    let mut buf = vec![0u8; (chunk_blocks * bs) as usize];
+    let mut sums = Vec::with_capacity(data.blocks() as usize);
+    for run in data.runs() {
+        let mut b = run.start;
+        while b < run.end {
+            let n = chunk_blocks.min(run.end - b);
+            let bytes = geo.byte_range(b..b + n);
+            let len = (bytes.end - bytes.start) as usize;
+            file.read_exact_at(&mut buf[..len], bytes.start)
+                .map_err(StoreError::io(&path))?;
+            sums.extend(buf[..len].chunks(bs as usize).map(crc32c::crc32c));
+            b += n;
+        }
+    }
+    Ok(sums)
 }
 
 /// Whether every byte is zero. ORs 4 KiB at a time (which the compiler
@@ -163,268 +350,150 @@ pub fn is_zero(buf: &[u8]) -> bool {
         .all(|c| c.iter().fold(0u8, |acc, &b| acc | b) == 0)
 }
 
-/// Bytes a file occupies on disk (holes excluded).
-pub fn allocated_bytes(file: &File, path: &Path) -> Result<u64> {
-    use std::os::unix::fs::MetadataExt;
-    let md = file.metadata().map_err(StoreError::io(path))?;
-    Ok(md.blocks() * 512)
-}
-
-/// A writable layer: data file, journal and present set.
+/// A writable layer: its data file and what it holds.
 pub struct LiveLayer {
     pub id: LayerId,
     pub geo: Geometry,
-    pub data: Arc<File>,
-    data_path: PathBuf,
-    log: File,
-    log_path: PathBuf,
+    pub data: Arc<dyn StorageFile>,
+    pub data_path: PathBuf,
     /// Every present block, journaled or not.
-    pub present: ExtentSet,
-    /// Present blocks the journal does not hold yet.
-    unlogged: ExtentSet,
+    pub present: PresentMap,
+    /// Changes to `present` the journal does not hold yet.
+    unlogged: PresentMap,
 }
 
 impl LiveLayer {
-    /// Creates the files of a new, empty live layer and makes them durable.
-    /// The layer belongs to the repository only once the catalog names it.
-    pub fn create(paths: &LayerPaths, id: LayerId, geo: Geometry) -> Result<LiveLayer> {
-        let data_path = paths.data(id);
-        let data = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&data_path)
+    /// Creates the data file of a new, empty live layer and syncs it (the
+    /// caller creates its journal and syncs the directory).
+    pub fn create(files: &LayerFiles, id: LayerId, geo: Geometry) -> Result<LiveLayer> {
+        let data_path = files.paths().data(id);
+        let data = files
+            .storage()
+            .create_new(&data_path)
+            .and_then(|f| {
+                f.set_len(geo.size)?;
+                f.sync_all()?;
+                Ok(f)
+            })
             .map_err(StoreError::io(&data_path))?;
-        data.set_len(geo.size).map_err(StoreError::io(&data_path))?;
-        data.sync_all().map_err(StoreError::io(&data_path))?;
-        let log_path = paths.log(id);
-        let header = LogHeader {
-            layer: id.0,
-            block_size: geo.block_size,
-            size: geo.size,
-        };
-        let mut log = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&log_path)
-            .map_err(StoreError::io(&log_path))?;
-        log.write_all(&format::frame(MAGIC_LOG, &format::encode(&header)))
-            .and_then(|_| log.sync_all())
-            .map_err(StoreError::io(&log_path))?;
-        format::sync_dir(&paths.dir)?;
         Ok(LiveLayer {
             id,
             geo,
-            data: Arc::new(data),
+            data,
             data_path,
-            log,
-            log_path,
-            present: ExtentSet::new(),
-            unlogged: ExtentSet::new(),
+            present: PresentMap::new(),
+            unlogged: PresentMap::new(),
         })
     }
 
-    /// Opens a live layer after a clean stop or a crash (see the module doc).
-    pub fn open(paths: &LayerPaths, id: LayerId, geo: Geometry) -> Result<LiveLayer> {
-        let data_path = paths.data(id);
-        let data = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&data_path)
+    /// Opens a live layer whose journal recorded `present`, after a clean
+    /// stop or a crash: punches out every byte outside its data blocks.
+    pub fn open(
+        files: &LayerFiles,
+        id: LayerId,
+        geo: Geometry,
+        present: PresentMap,
+    ) -> Result<LiveLayer> {
+        let data_path = files.paths().data(id);
+        let data = files
+            .storage()
+            .open(&data_path, true)
             .map_err(StoreError::io(&data_path))?;
-        let len = data.metadata().map_err(StoreError::io(&data_path))?.len();
+        let len = data.len().map_err(StoreError::io(&data_path))?;
         if len != geo.size {
             return Err(StoreError::corrupt(
                 &data_path,
                 format!("it is {len} bytes long, the disk is {}", geo.size),
             ));
         }
-        let log_path = paths.log(id);
-        let log = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&log_path)
-            .map_err(StoreError::io(&log_path))?;
-        let bytes = fs::read(&log_path).map_err(StoreError::io(&log_path))?;
-        let (payload, records) = format::unframe(&log_path, MAGIC_LOG, &bytes)?;
-        let header: LogHeader = format::decode(&log_path, payload)?;
-        if header.layer != id.0 || header.block_size != geo.block_size || header.size != geo.size {
-            return Err(StoreError::corrupt(
-                &log_path,
-                "it belongs to another layer",
-            ));
-        }
-        let start = HEADER_LEN + payload.len();
-        let (present, valid) = parse_records(records, geo.blocks());
-        if valid < records.len() {
-            log::warn!(
-                "{}: cutting off {} bytes of unacknowledged journal",
-                log_path.display(),
-                records.len() - valid
-            );
-            log.set_len((start + valid) as u64)
-                .and_then(|_| log.sync_all())
-                .map_err(StoreError::io(&log_path))?;
-        }
         let layer = LiveLayer {
             id,
             geo,
-            data: Arc::new(data),
+            data,
             data_path,
-            log,
-            log_path,
             present,
-            unlogged: ExtentSet::new(),
+            unlogged: PresentMap::new(),
         };
         layer.punch_strays()?;
         Ok(layer)
     }
 
-    /// Punches data regions that lie in no present block: writes after the
-    /// last flush to blocks the journal never recorded.
+    /// Punches data regions that lie in no data block: writes after the last
+    /// flush to blocks the journal never recorded, and zero blocks.
     fn punch_strays(&self) -> Result<()> {
+        let io = StoreError::io(&self.data_path);
+        let bs = self.geo.block_size as u64;
         let mut pos = 0;
-        while let Some(start) =
-            sys::seek_data(&self.data, pos).map_err(StoreError::io(&self.data_path))?
-        {
-            let end = sys::seek_hole(&self.data, start).map_err(StoreError::io(&self.data_path))?;
-            let bs = self.geo.block_size as u64;
-            let blocks = start / bs..end.div_ceil(bs);
-            for (r, present) in self.present.segments(blocks) {
-                if !present {
+        let mut punched = false;
+        while pos < self.geo.size {
+            let Some(start) = self
+                .data
+                .seek_data(pos)
+                .map_err(StoreError::io(&self.data_path))?
+            else {
+                break;
+            };
+            if start >= self.geo.size {
+                break;
+            }
+            let end = self
+                .data
+                .seek_hole(start)
+                .map_err(StoreError::io(&self.data_path))?
+                .min(self.geo.size);
+            for (r, kind) in self.present.segments(start / bs..end.div_ceil(bs)) {
+                if kind != Some(BlockKind::Data) {
                     let bytes = self.geo.byte_range(r);
                     let from = bytes.start.max(start);
                     let to = bytes.end.min(end);
-                    sys::punch_hole(&self.data, from, to - from)
-                        .map_err(StoreError::io(&self.data_path))?;
+                    if from < to {
+                        self.data
+                            .punch_hole(from, to - from)
+                            .map_err(StoreError::io(&self.data_path))?;
+                        punched = true;
+                    }
                 }
             }
-            pos = end;
-            if pos >= self.geo.size {
-                break;
-            }
+            pos = end.max(start + 1);
+        }
+        if punched {
+            self.data.sync_data().map_err(io)?;
         }
         Ok(())
     }
 
-    /// Records blocks as present (their data must already be written).
-    pub fn mark_present(&mut self, blocks: std::ops::Range<u64>) {
-        let new: Vec<_> = self
-            .present
-            .segments(blocks.clone())
-            .into_iter()
-            .filter(|(_, p)| !p)
-            .map(|(r, _)| r)
-            .collect();
-        for r in new {
-            self.unlogged.insert(r);
-        }
-        self.present.insert(blocks);
+    /// Records blocks as present, as `kind` (their data must already be in
+    /// the file, or punched for zeros).
+    pub fn mark(&mut self, blocks: Range<u64>, kind: BlockKind) {
+        self.present.paint(blocks.clone(), kind);
+        self.unlogged.paint(blocks, kind);
     }
 
-    /// Makes every completed write durable: data first, then the journal
-    /// record that names newly present blocks. Takes `&self` so readers can
-    /// go on during the fsyncs; the caller holds the disk's writer lock and
-    /// calls [`LiveLayer::journaled`] afterwards.
-    pub fn sync(&self) -> Result<()> {
-        self.data
-            .sync_data()
-            .map_err(StoreError::io(&self.data_path))?;
-        if self.unlogged.is_empty() {
-            return Ok(());
-        }
-        let payload = format::encode(&self.unlogged.to_extents());
-        let mut rec = Vec::with_capacity(8 + payload.len());
-        rec.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        rec.extend_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
-        rec.extend_from_slice(&payload);
-        let end = self
-            .log
-            .metadata()
-            .map_err(StoreError::io(&self.log_path))?
-            .len();
-        self.log
-            .write_all_at(&rec, end)
-            .and_then(|_| self.log.sync_data())
-            .map_err(StoreError::io(&self.log_path))
-    }
-
-    /// Forgets the blocks a successful [`LiveLayer::sync`] journaled.
-    pub fn journaled(&mut self) {
-        self.unlogged = ExtentSet::new();
-    }
-
-    pub fn log_path(&self) -> &Path {
-        &self.log_path
-    }
-
-    /// Data sync, then per-block checksums over the present blocks, punching
-    /// blocks that turned out all zero. Returns what the index needs.
-    pub fn seal(&self) -> Result<Vec<u32>> {
-        self.data
-            .sync_data()
-            .map_err(StoreError::io(&self.data_path))?;
-        let bs = self.geo.block_size as u64;
-        let chunk_blocks = ((1u64 << 20) / bs).max(1);
-        let mut buf = vec![0u8; (chunk_blocks * bs) as usize];
-        let mut sums = Vec::with_capacity(self.present.blocks() as usize);
-        for run in self.present.runs() {
-            let mut b = run.start;
-            while b < run.end {
-                let n = chunk_blocks.min(run.end - b);
-                let bytes = self.geo.byte_range(b..b + n);
-                let len = (bytes.end - bytes.start) as usize;
-                self.data
-                    .read_exact_at(&mut buf[..len], bytes.start)
-                    .map_err(StoreError::io(&self.data_path))?;
-                for (i, block) in buf[..len].chunks(bs as usize).enumerate() {
-                    sums.push(crc32c::crc32c(block));
-                    if is_zero(block) {
-                        let at = bytes.start + i as u64 * bs;
-                        sys::punch_hole(&self.data, at, block.len() as u64)
-                            .map_err(StoreError::io(&self.data_path))?;
-                    }
-                }
-                b += n;
-            }
-        }
-        Ok(sums)
+    /// The changes the journal does not hold yet, handed to a flush.
+    pub fn take_unlogged(&mut self) -> PresentMap {
+        std::mem::take(&mut self.unlogged)
     }
 
     pub fn stored_bytes(&self) -> Result<u64> {
-        allocated_bytes(&self.data, &self.data_path)
+        self.data
+            .allocated_bytes()
+            .map_err(StoreError::io(&self.data_path))
     }
 }
 
-/// Parses journal records; returns the present set and how many bytes of
-/// records were whole and valid.
-fn parse_records(mut bytes: &[u8], blocks: u64) -> (ExtentSet, usize) {
-    let mut set = ExtentSet::new();
-    let mut valid = 0;
-    while bytes.len() >= 8 {
-        let len = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
-        let crc = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
-        let Some(payload) = bytes.get(8..8 + len) else {
-            break;
-        };
-        if crc32c::crc32c(payload) != crc {
-            break;
-        }
-        let Ok(extents) = postcard::from_bytes::<Vec<(u64, u64)>>(payload) else {
-            break;
-        };
-        if extents
-            .iter()
-            .any(|&(f, n)| f.checked_add(n).is_none_or(|e| e > blocks))
-        {
-            break;
-        }
-        for (f, n) in extents {
-            set.insert(f..f + n);
-        }
-        valid += 8 + len;
-        bytes = &bytes[8 + len..];
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layer_file_names() {
+        assert_eq!(
+            parse_file_name("000000000000002a.idx"),
+            Some((LayerId(42), LayerFileKind::Index))
+        );
+        assert_eq!(parse_file_name("000000000000002A.idx"), None);
+        assert_eq!(parse_file_name("2a.idx"), None);
+        assert_eq!(parse_file_name("000000000000002a.tmp"), None);
+        assert_eq!(parse_file_name("notes.txt"), None);
     }
-    (set, valid)
 }

@@ -10,25 +10,33 @@
 //! depend on chain depth. Taking a snapshot freezes the live layer in place
 //! and starts an empty one: no data is copied.
 //!
+//! All file I/O goes through one [`storage::Storage`], so the same engine
+//! runs on the local file system, on a power-loss simulator and on a fault
+//! injector.
+//!
 //! # Durability
 //!
 //! - [`Disk::flush`] makes every write completed before it durable: the live
 //!   layer's data is fdatasync'ed, then a journal record naming its newly
-//!   present blocks is appended and fdatasync'ed.
-//! - The catalog is the one commit point, replaced with write/fsync/rename/
-//!   fsync-dir. A snapshot exists once the catalog naming it is durable, and
-//!   by then its data and index are durable too.
-//! - After a crash, opening the repository keeps every committed snapshot,
-//!   recovers each live layer as of its last flush or later, and removes
-//!   files no catalog names.
+//!   present blocks is appended (twice, see [`format`]) and fdatasync'ed.
+//! - The catalog is the one commit point: a record appended and synced. A
+//!   snapshot exists once the record naming it is durable, and by then its
+//!   data and index are durable too.
+//! - Before an operation creates a file it commits an intent naming it, so
+//!   after a crash, opening the repository removes exactly the files of
+//!   operations that never committed, and sets aside (never deletes) any
+//!   other file nothing names ([`recovery`]).
+//! - A failed write or sync latches the disk ([`disk`]); a failed catalog
+//!   write that cannot be proven undone latches the repository. Nothing is
+//!   acknowledged again until the repository is opened again.
 //!
 //! # Locks
 //!
-//! One process holds a repository: an exclusive `flock` on `REPO/lock`. In
-//! the process, lock order is: a disk's writer lock, then its state lock
-//! (see [`disk`]), then `Inner::disks`, then `Inner::catalog`, then the
-//! owner-map and layer-file caches. No lock is held across a call into
-//! another disk.
+//! One process holds a repository: a POSIX record lock on `REPO/lock`. In
+//! the process, lock order is: a disk's journal lock, its writer lock, its
+//! state lock (see [`disk`]), then `Inner::disks`, then `Inner::catalog`,
+//! then the owner-map and layer-file caches. No lock is held across a call
+//! into another disk.
 
 pub mod catalog;
 pub mod disk;
@@ -36,15 +44,17 @@ pub mod error;
 pub mod extents;
 pub mod format;
 pub mod image;
+pub mod import;
+pub mod journal;
 pub mod layer;
 pub mod names;
+pub mod recovery;
 pub mod snapshot;
+pub mod storage;
+mod upgrade;
 
 use std::collections::HashMap;
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
 use std::num::NonZeroUsize;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -53,15 +63,21 @@ use lru::LruCache;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
-use catalog::{Catalog, DiskRecord, FrozenInfo, LayerRecord, SnapshotRecord};
+use catalog::{
+    Catalog, CatalogFile, CommitError, DiskRecord, FrozenInfo, Intent, LayerRecord, SnapshotRecord,
+};
 pub use disk::Disk;
 pub use error::{Result, StoreError};
 use extents::OwnerMap;
-use format::{RepoHeader, MAGIC_CATALOG, MAGIC_REPO};
+use format::{LayerFileKind, RepoHeader, MAGIC_REPO};
 pub use image::{export, ExportStats, ImageRead};
+pub use import::ImportSource;
+use journal::Journal;
 use layer::{Geometry, LayerFiles, LayerPaths, LiveLayer};
 pub use names::{DiskName, ImageRef, LayerId, SnapName, SnapshotRef};
+pub use recovery::QuarantinedFile;
 pub use snapshot::Snapshot;
+use storage::{EntryKind, LocalStorage, LockOutcome, Storage};
 
 use crate::sys;
 
@@ -110,12 +126,21 @@ pub struct Repository {
 
 struct Inner {
     root: PathBuf,
+    storage: Arc<dyn Storage>,
     paths: LayerPaths,
-    _lock: File,
-    catalog: Mutex<Catalog>,
+    _lock: Box<dyn Send + Sync>,
+    catalog: Mutex<CatalogState>,
     files: Arc<LayerFiles>,
     disks: Mutex<HashMap<DiskName, Arc<Disk>>>,
     maps: Mutex<LruCache<LayerId, Arc<OwnerMap>>>,
+    notices: Vec<String>,
+}
+
+struct CatalogState {
+    cat: Catalog,
+    file: CatalogFile,
+    /// Why the catalog stopped accepting commits, once it has.
+    latch: Option<String>,
 }
 
 /// Unix nanoseconds now.
@@ -150,6 +175,20 @@ fn unreachable_name() -> SnapName {
     SnapName::parse("snapshot").unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// A repository id: random, so that files of two repositories never match.
+fn random_id() -> u64 {
+    use std::io::Read;
+    let mut b = [0u8; 8];
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .is_ok()
+    {
+        return u64::from_le_bytes(b);
+    }
+    // No /dev/urandom: the time and the PID still differ between repositories.
+    now_ns() ^ (u64::from(std::process::id()) << 32)
+}
+
 impl Repository {
     /// The default repository: `$STRATA_REPO`, else `$XDG_DATA_HOME/strata`,
     /// else `~/.local/share/strata`.
@@ -176,11 +215,21 @@ impl Repository {
 
     /// Creates a repository in `root`, which must be missing or empty.
     pub fn init(root: &Path) -> Result<Repository> {
-        if root.join(REPO_FILE).exists() {
+        Self::init_in(Arc::new(LocalStorage), root)
+    }
+
+    /// Creates a repository in `root` of `storage`.
+    pub fn init_in(storage: Arc<dyn Storage>, root: &Path) -> Result<Repository> {
+        let st = storage.as_ref();
+        if st
+            .kind(&root.join(REPO_FILE))
+            .map_err(StoreError::io(root))?
+            .is_some()
+        {
             return Err(StoreError::AlreadyARepository(root.to_owned()));
         }
-        if let Ok(mut entries) = fs::read_dir(root) {
-            if entries.next().is_some() {
+        if let Ok(entries) = st.read_dir(root) {
+            if !entries.is_empty() {
                 return Err(StoreError::invalid(
                     "repository directory",
                     format!(
@@ -192,55 +241,126 @@ impl Repository {
         }
         let paths = layer_paths(root);
         for dir in [root, &paths.dir, &paths.tmp] {
-            fs::create_dir_all(dir).map_err(StoreError::io(dir))?;
+            st.create_dir_all(dir).map_err(StoreError::io(dir))?;
         }
+        let id = random_id();
         let catalog = Catalog {
             next_layer: 1,
             next_seq: 1,
+            next_intent: 1,
             ..Catalog::default()
         };
-        write_catalog(&paths.tmp, root, &catalog)?;
+        CatalogFile::write_new(&storage, &paths.tmp, &root.join(CATALOG_FILE), id, &catalog)?;
         let header = RepoHeader {
             created: now_ns() / 1_000_000_000,
+            id,
         };
         // strata.repo last: until it exists, this is not a repository.
         format::write_atomic(
+            st,
             &paths.tmp,
             &root.join(REPO_FILE),
-            &format::frame(MAGIC_REPO, &format::encode(&header)),
+            &format::doc_bytes(MAGIC_REPO, &format::encode(&header)),
         )?;
-        if let Some(parent) = root.parent() {
-            let _ = format::sync_dir(parent);
+        for dir in [&paths.dir, &paths.tmp] {
+            format::sync_dir(st, dir)?;
         }
-        Repository::open(root)
+        if let Some(parent) = root.parent() {
+            let _ = st.sync_dir(parent);
+        }
+        Repository::open_in(storage, root)
     }
 
     /// Opens the repository in `root` for this process alone.
     pub fn open(root: &Path) -> Result<Repository> {
+        Self::open_in(Arc::new(LocalStorage), root)
+    }
+
+    /// Opens the repository in `root` of `storage` for this process alone:
+    /// upgrades an older format, replays the catalog, and reconciles the
+    /// layer files with it ([`recovery`]).
+    pub fn open_in(storage: Arc<dyn Storage>, root: &Path) -> Result<Repository> {
+        let st = storage.as_ref();
         let repo_file = root.join(REPO_FILE);
-        if !repo_file.is_file() {
+        if st.kind(&repo_file).map_err(StoreError::io(&repo_file))? != Some(EntryKind::File) {
             return Err(StoreError::NotARepository(root.to_owned()));
         }
-        let _header: RepoHeader = format::read_frame(&repo_file, MAGIC_REPO)?;
-        let lock = take_lock(root)?;
-        let catalog_path = root.join(CATALOG_FILE);
-        let catalog: Catalog = format::read_frame(&catalog_path, MAGIC_CATALOG)?;
-        catalog.validate(&catalog_path)?;
+        let lock = match st
+            .lock(&root.join(LOCK_FILE))
+            .map_err(StoreError::io(root.join(LOCK_FILE)))?
+        {
+            LockOutcome::Taken(guard) => guard,
+            LockOutcome::Held(pid) => {
+                return Err(StoreError::Locked {
+                    path: root.to_owned(),
+                    pid: pid.map_or("unknown".into(), |p| p.to_string()),
+                })
+            }
+        };
         let paths = layer_paths(root);
-        remove_strays(&paths, &catalog)?;
+        let mut doc = format::read_doc(st, &repo_file, MAGIC_REPO)?;
+        if doc.version == 1 {
+            let old: format::v1::RepoHeader = format::decode(&repo_file, &doc.payload)?;
+            check_no_v1_holder(root)?;
+            for dir in [&paths.dir, &paths.tmp] {
+                st.create_dir_all(dir).map_err(StoreError::io(dir))?;
+            }
+            upgrade::from_v1(&storage, root, &paths, old.created)?;
+            doc = format::read_doc(st, &repo_file, MAGIC_REPO)?;
+        }
+        let header: RepoHeader = format::decode(&repo_file, &doc.payload)?;
+        format::apply_repairs(st, &repo_file, &doc.repairs)?;
+        let catalog_path = root.join(CATALOG_FILE);
+        let (mut file, mut cat, cat_repo) =
+            CatalogFile::open(storage.clone(), &paths.tmp, &catalog_path)?;
+        if cat_repo != header.id {
+            return Err(StoreError::corrupt(
+                &catalog_path,
+                format!(
+                    "it belongs to another repository (id {cat_repo:016x}; strata.repo says {:016x})",
+                    header.id
+                ),
+            ));
+        }
+        cat.validate(&catalog_path)?;
+        let reconciled = recovery::reconcile(st, root, &paths, &cat)?;
+        if !cat.intents.is_empty() {
+            let mut next = cat.clone();
+            next.intents.clear();
+            next.generation += 1;
+            file.commit(&cat, &next).map_err(CommitError::into_inner)?;
+            cat = next;
+        }
+        if file.wants_compaction() {
+            file.compact(&cat).map_err(CommitError::into_inner)?;
+        }
         let fd_limit = sys::raise_open_file_limit().unwrap_or(1024);
-        let files = LayerFiles::new(paths.clone(), (fd_limit / 2).min(16_384) as usize);
+        let files = LayerFiles::new(
+            storage.clone(),
+            paths.clone(),
+            header.id,
+            (fd_limit / 2).min(16_384) as usize,
+        );
+        for n in &reconciled.notices {
+            log::warn!("{}: {n}", root.display());
+        }
         Ok(Repository {
             inner: Arc::new(Inner {
                 root: root.to_owned(),
+                storage,
                 paths,
                 _lock: lock,
-                catalog: Mutex::new(catalog),
+                catalog: Mutex::new(CatalogState {
+                    cat,
+                    file,
+                    latch: None,
+                }),
                 files: Arc::new(files),
                 disks: Mutex::new(HashMap::new()),
                 maps: Mutex::new(LruCache::new(
                     NonZeroUsize::new(MAP_CACHE).unwrap_or(NonZeroUsize::MIN),
                 )),
+                notices: reconciled.notices,
             }),
         })
     }
@@ -249,116 +369,198 @@ impl Repository {
         &self.inner.root
     }
 
-    /// Replaces the catalog with `f` applied to a copy of it; the in-memory
-    /// catalog changes only once the new one is durable.
-    fn commit<T>(&self, f: impl FnOnce(&mut Catalog) -> Result<T>) -> Result<T> {
-        let mut cat = self.inner.catalog.lock();
-        let mut next = cat.clone();
-        let out = f(&mut next)?;
+    /// What opening the repository found worth telling (files set aside).
+    pub fn notices(&self) -> &[String] {
+        &self.inner.notices
+    }
+
+    /// Who holds the repository at `root`, if anyone (a PID); safe to ask
+    /// from any process, including the holder.
+    pub fn holder(root: &Path) -> Result<Option<u32>> {
+        let p = root.join(LOCK_FILE);
+        sys::lock_holder(&p).map_err(StoreError::io(&p))
+    }
+
+    /// Replaces the catalog with `f` applied to a copy of it. The in-memory
+    /// catalog changes only once the new one is durable. On
+    /// [`CommitError::NotWritten`] the caller may undo what it prepared; on
+    /// [`CommitError::Unknown`] it must not, and the repository is latched.
+    fn commit<T>(&self, f: impl FnOnce(&mut Catalog) -> Result<T>) -> Result<T, CommitError> {
+        let mut state = self.inner.catalog.lock();
+        if let Some(cause) = &state.latch {
+            return Err(CommitError::NotWritten(StoreError::CatalogLatched {
+                cause: cause.clone(),
+            }));
+        }
+        let mut next = state.cat.clone();
+        let out = f(&mut next).map_err(CommitError::NotWritten)?;
         next.generation += 1;
-        write_catalog(&self.inner.paths.tmp, &self.inner.root, &next)?;
-        *cat = next;
+        let state = &mut *state;
+        if let Err(e) = state.file.commit(&state.cat, &next) {
+            if let CommitError::Unknown(inner) = &e {
+                log::error!("catalog commit: {inner}; the repository accepts no more changes");
+                state.latch = Some(inner.to_string());
+            }
+            return Err(e);
+        }
+        state.cat = next;
+        if state.file.wants_compaction() {
+            match state.file.compact(&state.cat) {
+                Ok(()) => {}
+                Err(CommitError::NotWritten(e)) => log::warn!("rewriting the catalog: {e}"),
+                Err(CommitError::Unknown(e)) => {
+                    log::error!(
+                        "rewriting the catalog: {e}; the repository accepts no more changes"
+                    );
+                    state.latch = Some(e.to_string());
+                }
+            }
+        }
         Ok(out)
+    }
+
+    /// Commits an intent for `files` and returns its number.
+    fn intend(&self, what: String, files: Vec<(LayerId, LayerFileKind)>) -> Result<u64> {
+        self.commit(|cat| Ok(cat.add_intent(Intent { what, files })))
+            .map_err(CommitError::into_inner)
+    }
+
+    /// Undoes a failed operation: removes the files its intent lists (none
+    /// of which the catalog names) and drops the intent. Best effort: what
+    /// fails here is done by the next open.
+    fn abandon(&self, intent: u64, files: &[(LayerId, LayerFileKind)]) {
+        for &(id, kind) in files {
+            let p = self.inner.paths.file(id, kind);
+            match self.inner.storage.remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => log::warn!("removing {}: {e}", p.display()),
+            }
+        }
+        if let Err(e) = self.commit(|cat| {
+            cat.intents.remove(&intent);
+            Ok(())
+        }) {
+            log::warn!("dropping intent {intent}: {}", e.into_inner());
+        }
     }
 
     /// Creates an empty disk.
     pub fn create_disk(&self, name: &DiskName, size: u64, block_size: u32) -> Result<DiskInfo> {
-        self.create_disk_with(name, size, block_size, |_| Ok(()))
+        let size = catalog::check_disk_size(size)?;
+        let block_size = catalog::check_block_size(block_size as u64)?;
+        self.create_disk_with(name, Geometry { size, block_size }, |_| Ok(()))
     }
 
     /// Creates a disk whose live layer `fill` writes before the disk is
-    /// committed: if `fill` fails, no disk appears and no file is left.
+    /// committed: if anything fails, no disk appears and no file is left.
     fn create_disk_with(
         &self,
         name: &DiskName,
-        size: u64,
-        block_size: u32,
+        geo: Geometry,
         fill: impl FnOnce(&mut LiveLayer) -> Result<()>,
     ) -> Result<DiskInfo> {
-        let size = catalog::check_disk_size(size)?;
-        let block_size = catalog::check_block_size(block_size as u64)?;
-        let geo = Geometry { size, block_size };
-        let id = {
-            let mut cat = self.inner.catalog.lock();
+        if self.inner.catalog.lock().cat.disks.contains_key(name) {
+            return Err(StoreError::DiskExists(name.clone()));
+        }
+        let id = self
+            .commit(|cat| Ok(cat.allocate_layer()))
+            .map_err(CommitError::into_inner)?;
+        let made = [(id, LayerFileKind::Data), (id, LayerFileKind::Log)];
+        let intent = self.intend(format!("create disk {name}"), made.to_vec())?;
+        let files = &self.inner.files;
+        let prepared = (|| {
+            let mut live = LiveLayer::create(files, id, geo)?;
+            let mut journal = Journal::create(files.clone(), id, geo)?;
+            format::sync_dir(files.storage(), &files.paths().dir)?;
+            fill(&mut live)?;
+            live.data
+                .sync_data()
+                .map_err(StoreError::io(&live.data_path))?;
+            let changes = live.take_unlogged();
+            if !changes.is_empty() {
+                journal.append(&changes)?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = prepared {
+            self.abandon(intent, &made);
+            return Err(e);
+        }
+        let committed = self.commit(|cat| {
             if cat.disks.contains_key(name) {
                 return Err(StoreError::DiskExists(name.clone()));
             }
-            // Ids are only ever handed out once, even if this attempt fails.
-            cat.allocate_layer()
-        };
-        let result = LiveLayer::create(&self.inner.paths, id, geo).and_then(|mut live| {
-            fill(&mut live)?;
-            live.sync()?;
-            self.commit(|cat| {
-                if cat.disks.contains_key(name) {
-                    return Err(StoreError::DiskExists(name.clone()));
-                }
-                cat.next_layer = cat.next_layer.max(id.0 + 1);
-                cat.layers.insert(
-                    id,
-                    LayerRecord {
-                        parent: None,
-                        block_size,
-                        size,
-                        frozen: None,
-                    },
-                );
-                cat.disks.insert(
-                    name.clone(),
-                    DiskRecord {
-                        size,
-                        block_size,
-                        live: id,
-                        created: now_ns(),
-                    },
-                );
-                Ok(())
-            })
+            cat.layers.insert(
+                id,
+                LayerRecord {
+                    parent: None,
+                    block_size: geo.block_size,
+                    size: geo.size,
+                    frozen: None,
+                },
+            );
+            cat.disks.insert(
+                name.clone(),
+                DiskRecord {
+                    size: geo.size,
+                    block_size: geo.block_size,
+                    live: id,
+                    created: now_ns(),
+                },
+            );
+            cat.intents.remove(&intent);
+            Ok(())
         });
-        if let Err(e) = result {
-            remove_layer_files(&self.inner.paths, id);
-            return Err(e);
+        match committed {
+            Ok(()) => self.disk_info(name),
+            Err(CommitError::NotWritten(e)) => {
+                self.abandon(intent, &made);
+                Err(e)
+            }
+            Err(CommitError::Unknown(e)) => Err(e),
         }
-        self.disk_info(name)
     }
 
-    /// Creates a disk from a raw image file. Only the file's data regions are
-    /// read (`SEEK_DATA`), and all-zero blocks are not stored.
+    /// Creates a disk from a raw image: a regular file (only its data
+    /// regions are read), a block device or a stream. All-zero blocks are
+    /// not stored. Fails, leaving no disk, if the source is shorter than it
+    /// said or changes size while it is read (see [`import`]).
     pub fn import_disk(
         &self,
         name: &DiskName,
-        source: &Path,
+        source: &ImportSource,
         block_size: u32,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<DiskInfo> {
-        let src = File::open(source).map_err(StoreError::io(source))?;
-        let size = {
-            use std::io::{Seek, SeekFrom};
-            let mut f = &src;
-            f.seek(SeekFrom::End(0)).map_err(StoreError::io(source))?
+        let block_size = catalog::check_block_size(block_size as u64)?;
+        let checked = import::check(source)?;
+        let geo = Geometry {
+            size: checked.size,
+            block_size,
         };
-        if size == 0 || size % catalog::SECTOR != 0 {
-            return Err(StoreError::invalid(
-                "image",
-                format!(
-                    "{} is {size} bytes; a disk image must be a non-zero multiple of 512 bytes",
-                    source.display()
-                ),
-            ));
-        }
-        self.create_disk_with(name, size, block_size, |live| {
-            import_into(live, &src, source, progress)
+        self.create_disk_with(name, geo, |live| {
+            import::copy_into(live, source, &checked, progress)
         })
     }
 
     pub fn disks(&self) -> Result<Vec<DiskInfo>> {
-        let names: Vec<DiskName> = self.inner.catalog.lock().disks.keys().cloned().collect();
+        let names: Vec<DiskName> = self
+            .inner
+            .catalog
+            .lock()
+            .cat
+            .disks
+            .keys()
+            .cloned()
+            .collect();
         names.iter().map(|n| self.disk_info(n)).collect()
     }
 
     pub fn disk_info(&self, name: &DiskName) -> Result<DiskInfo> {
         let (rec, snaps_bytes, count) = {
-            let cat = self.inner.catalog.lock();
+            let state = self.inner.catalog.lock();
+            let cat = &state.cat;
             let rec = cat
                 .disks
                 .get(name)
@@ -376,8 +578,11 @@ impl Repository {
             Some(d) => d.live_stored_bytes()?,
             None => {
                 let p = self.inner.paths.data(rec.live);
-                let f = File::open(&p).map_err(StoreError::io(&p))?;
-                layer::allocated_bytes(&f, &p)?
+                self.inner
+                    .storage
+                    .open(&p, false)
+                    .and_then(|f| f.allocated_bytes())
+                    .map_err(StoreError::io(&p))?
             }
         };
         Ok(DiskInfo {
@@ -398,30 +603,28 @@ impl Repository {
             return Ok(d.clone());
         }
         let (rec, chain) = {
-            let cat = self.inner.catalog.lock();
-            let rec = cat
+            let state = self.inner.catalog.lock();
+            let rec = state
+                .cat
                 .disks
                 .get(name)
                 .cloned()
                 .ok_or_else(|| StoreError::NoSuchDisk(name.clone()))?;
-            let chain = cat.chain(rec.live);
+            let chain = state.cat.chain(rec.live);
             (rec, chain)
         };
         let geo = Geometry {
             size: rec.size,
             block_size: rec.block_size,
         };
-        let live = LiveLayer::open(&self.inner.paths, rec.live, geo)?;
+        let files = &self.inner.files;
+        let (journal, present) = Journal::open(files.clone(), rec.live, geo)?;
+        let live = LiveLayer::open(files, rec.live, geo, present)?;
         let base = match chain.get(1) {
             Some(&below) => OwnerMap::clone(self.frozen_map(below, geo)?.as_ref()),
             None => OwnerMap::new(),
         };
-        let disk = Arc::new(Disk::new(
-            name.clone(),
-            self.inner.files.clone(),
-            live,
-            base,
-        ));
+        let disk = Arc::new(Disk::new(name.clone(), files.clone(), live, journal, base));
         disks.insert(name.clone(), disk.clone());
         Ok(disk)
     }
@@ -433,7 +636,7 @@ impl Repository {
         if let Some(m) = self.inner.maps.lock().get(&top) {
             return Ok(m.clone());
         }
-        let chain = self.inner.catalog.lock().chain(top);
+        let chain = self.inner.catalog.lock().cat.chain(top);
         let mut start = chain.len();
         let mut map = OwnerMap::new();
         {
@@ -447,9 +650,12 @@ impl Repository {
             }
         }
         for &id in chain[..start].iter().rev() {
-            let (present, _) = layer::read_index(&self.inner.paths, id, geo)?;
-            for r in present.runs() {
+            let idx = layer::read_index(&self.inner.files, id, geo)?;
+            for r in idx.data.runs() {
                 map.paint(r, id);
+            }
+            for r in idx.zero.runs() {
+                map.clear(r);
             }
         }
         let map = Arc::new(map);
@@ -459,10 +665,11 @@ impl Repository {
 
     /// Freezes the disk's live layer as snapshot `name` (default: the UTC
     /// time) and starts an empty live layer. Holds every write that completed
-    /// before the call; no data is copied.
+    /// before the call; no data is copied. Writers wait only while the
+    /// index is written and the catalog commits: the data is synced before,
+    /// and the checksums are computed after.
     pub fn snapshot(&self, disk_name: &DiskName, name: Option<SnapName>) -> Result<SnapshotInfo> {
         let disk = self.disk(disk_name)?;
-        let _w = disk.lock_writer();
         let taken = now_ns();
         let name = match name {
             Some(n) => {
@@ -477,30 +684,36 @@ impl Repository {
             }
             None => self.free_default_name(disk_name, taken),
         };
-        // Seal: data durable, checksums taken, index durable. The writer
-        // lock keeps the live layer still while the state is read.
-        let (old, geo, present, stored_bytes) = {
-            let st = disk.state.read();
-            let sums = st.live.seal()?;
-            layer::write_index(
-                &self.inner.paths,
-                st.live.id,
-                st.live.geo,
-                &st.live.present,
-                sums,
-            )?;
-            (
-                st.live.id,
-                st.live.geo,
-                st.live.present.clone(),
-                st.live.stored_bytes()?,
-            )
+        disk.sync_data()?;
+        let geo = Geometry {
+            size: disk.size(),
+            block_size: disk.block_size(),
         };
-        let new_id = self.inner.catalog.lock().allocate_layer();
-        let fresh = match LiveLayer::create(&self.inner.paths, new_id, geo) {
-            Ok(l) => l,
+        let (old, new_id) = self
+            .commit(|cat| {
+                let rec = cat
+                    .disks
+                    .get(disk_name)
+                    .ok_or_else(|| StoreError::NoSuchDisk(disk_name.clone()))?;
+                Ok((rec.live, cat.allocate_layer()))
+            })
+            .map_err(CommitError::into_inner)?;
+        let made = [
+            (new_id, LayerFileKind::Data),
+            (new_id, LayerFileKind::Log),
+            (old, LayerFileKind::Index),
+        ];
+        let intent = self.intend(format!("snapshot {disk_name}@{name}"), made.to_vec())?;
+        let files = &self.inner.files;
+        let fresh = LiveLayer::create(files, new_id, geo).and_then(|live| {
+            let journal = Journal::create(files.clone(), new_id, geo)?;
+            format::sync_dir(files.storage(), &files.paths().dir)?;
+            Ok((live, journal))
+        });
+        let (fresh, fresh_journal) = match fresh {
+            Ok(f) => f,
             Err(e) => {
-                remove_layer_files(&self.inner.paths, new_id);
+                self.abandon(intent, &made);
                 return Err(e);
             }
         };
@@ -508,59 +721,108 @@ impl Repository {
             disk: disk_name.clone(),
             snap: name.clone(),
         };
-        let committed = self.commit(|cat| {
-            let seq = cat.next_seq;
-            cat.next_seq += 1;
-            let frozen = FrozenInfo {
-                blocks: present.blocks(),
-                stored_bytes,
-            };
-            if let Some(l) = cat.layers.get_mut(&old) {
-                l.frozen = Some(frozen);
+        let mut unknown = false;
+        let frozen = disk.freeze(
+            fresh,
+            fresh_journal,
+            |id, idx| {
+                layer::write_new_index(files, id, geo, idx)?;
+                format::sync_dir(files.storage(), &files.paths().dir)
+            },
+            |id, idx, stored_bytes| {
+                let committed = self.commit(|cat| {
+                    if cat.disks.get(disk_name).map(|d| d.live) != Some(id) {
+                        return Err(StoreError::NoSuchDisk(disk_name.clone()));
+                    }
+                    if cat
+                        .snapshots
+                        .get(disk_name)
+                        .is_some_and(|m| m.contains_key(&name))
+                    {
+                        return Err(StoreError::SnapshotExists(snap_ref.clone()));
+                    }
+                    let seq = cat.next_seq;
+                    cat.next_seq += 1;
+                    if let Some(l) = cat.layers.get_mut(&id) {
+                        l.frozen = Some(FrozenInfo {
+                            blocks: idx.data.blocks() + idx.zero.blocks(),
+                            stored_bytes,
+                        });
+                    }
+                    cat.layers.insert(
+                        new_id,
+                        LayerRecord {
+                            parent: Some(id),
+                            block_size: geo.block_size,
+                            size: geo.size,
+                            frozen: None,
+                        },
+                    );
+                    if let Some(d) = cat.disks.get_mut(disk_name) {
+                        d.live = new_id;
+                    }
+                    cat.snapshots.entry(disk_name.clone()).or_default().insert(
+                        name.clone(),
+                        SnapshotRecord {
+                            layer: id,
+                            taken,
+                            seq,
+                        },
+                    );
+                    cat.intents.remove(&intent);
+                    Ok(())
+                });
+                committed.map_err(|e| {
+                    unknown = matches!(e, CommitError::Unknown(_));
+                    e.into_inner()
+                })
+            },
+        );
+        let frozen = match frozen {
+            Ok(f) => f,
+            Err(e) => {
+                if !unknown {
+                    self.abandon(intent, &made);
+                }
+                return Err(e);
             }
-            cat.layers.insert(
-                new_id,
-                LayerRecord {
-                    parent: Some(old),
-                    block_size: geo.block_size,
-                    size: geo.size,
-                    frozen: None,
-                },
-            );
-            if let Some(d) = cat.disks.get_mut(disk_name) {
-                d.live = new_id;
-            }
-            cat.snapshots.entry(disk_name.clone()).or_default().insert(
-                name.clone(),
-                SnapshotRecord {
-                    layer: old,
-                    taken,
-                    seq,
-                },
-            );
-            Ok(())
-        });
-        if let Err(e) = committed {
-            drop(fresh);
-            remove_layer_files(&self.inner.paths, new_id);
-            let _ = fs::remove_file(self.inner.paths.index(old));
-            return Err(e);
-        }
+        };
+        // Committed. What follows only tidies up and adds checksums; a
+        // failure is logged, and the next open or `verify` finishes it.
+        let _ = self
+            .inner
+            .storage
+            .remove_file(&self.inner.paths.log(frozen.layer));
         {
-            let mut st = disk.state.write();
-            for r in present.runs() {
-                st.base.paint(r, old);
-            }
-            let frozen = std::mem::replace(&mut st.live, fresh);
-            let _ = fs::remove_file(frozen.log_path());
+            let st = disk.state.read();
+            self.inner
+                .maps
+                .lock()
+                .put(frozen.layer, Arc::new(st.base.clone()));
         }
+        self.add_checksums(frozen.layer, geo, frozen.index);
         self.snapshot_info(&snap_ref)
+    }
+
+    /// Computes the checksums of a frozen layer's data blocks and rewrites
+    /// its index with them.
+    fn add_checksums(&self, id: LayerId, geo: Geometry, mut index: layer::FrozenIndex) {
+        let files = &self.inner.files;
+        let done = layer::compute_checksums(files, id, geo, &index.data).and_then(|sums| {
+            index.checksums = Some(sums);
+            layer::replace_index(files, id, geo, &index)
+        });
+        if let Err(e) = done {
+            log::warn!(
+                "checksums of layer {id}: {e}; its blocks are not checked until they are added"
+            );
+        }
     }
 
     fn free_default_name(&self, disk: &DiskName, taken: u64) -> SnapName {
         let base = default_snapshot_name(taken);
-        let cat = self.inner.catalog.lock();
-        let taken_names = cat.snapshots.get(disk);
+        let state = self.inner.catalog.lock();
+        let taken_names = state.cat.snapshots.get(disk);
         let free = |n: &SnapName| taken_names.is_none_or(|m| !m.contains_key(n));
         if free(&base) {
             return base;
@@ -572,30 +834,32 @@ impl Repository {
     }
 
     fn snapshot_record(&self, r: &SnapshotRef) -> Option<SnapshotRecord> {
-        let cat = self.inner.catalog.lock();
-        cat.snapshots.get(&r.disk)?.get(&r.snap).cloned()
+        let state = self.inner.catalog.lock();
+        state.cat.snapshots.get(&r.disk)?.get(&r.snap).cloned()
     }
 
     pub fn snapshot_info(&self, r: &SnapshotRef) -> Result<SnapshotInfo> {
-        let cat = self.inner.catalog.lock();
-        let rec = cat
+        let state = self.inner.catalog.lock();
+        let rec = state
+            .cat
             .snapshots
             .get(&r.disk)
             .and_then(|m| m.get(&r.snap))
             .ok_or_else(|| StoreError::NoSuchSnapshot(r.clone()))?;
-        Ok(snapshot_info(&cat, &r.disk, &r.snap, rec))
+        Ok(snapshot_info(&state.cat, &r.disk, &r.snap, rec))
     }
 
     /// A disk's snapshots in the order they were taken.
     pub fn snapshots(&self, disk: &DiskName) -> Result<Vec<SnapshotInfo>> {
-        let cat = self.inner.catalog.lock();
+        let state = self.inner.catalog.lock();
+        let cat = &state.cat;
         if !cat.disks.contains_key(disk) && !cat.snapshots.contains_key(disk) {
             return Err(StoreError::NoSuchDisk(disk.clone()));
         }
         Ok(cat
             .snapshots_of(disk)
             .into_iter()
-            .map(|(name, rec)| snapshot_info(&cat, disk, name, rec))
+            .map(|(name, rec)| snapshot_info(cat, disk, name, rec))
             .collect())
     }
 
@@ -619,13 +883,29 @@ impl Repository {
         })
     }
 
-    /// Flushes every open disk.
+    /// Flushes every open disk; the first failure is returned after all
+    /// were tried.
     pub fn flush_all(&self) -> Result<()> {
         let disks: Vec<_> = self.inner.disks.lock().values().cloned().collect();
+        let mut first = Ok(());
         for d in disks {
-            d.flush()?;
+            if let Err(e) = d.flush() {
+                if first.is_ok() {
+                    first = Err(e);
+                }
+            }
         }
-        Ok(())
+        first
+    }
+
+    /// The files set aside in the quarantine.
+    pub fn quarantine(&self) -> Result<Vec<QuarantinedFile>> {
+        recovery::list_quarantine(self.inner.storage.as_ref(), &self.inner.root)
+    }
+
+    /// Deletes the quarantine; returns what it held.
+    pub fn purge_quarantine(&self) -> Result<Vec<QuarantinedFile>> {
+        recovery::purge_quarantine(self.inner.storage.as_ref(), &self.inner.root)
     }
 }
 
@@ -667,119 +947,23 @@ fn layer_paths(root: &Path) -> LayerPaths {
     }
 }
 
-fn write_catalog(tmp: &Path, root: &Path, cat: &Catalog) -> Result<()> {
-    let bytes = format::frame(MAGIC_CATALOG, &format::encode(cat));
-    format::write_atomic(tmp, &root.join(CATALOG_FILE), &bytes)
-}
-
-/// Takes the repository's exclusive lock and records our PID in it.
-fn take_lock(root: &Path) -> Result<File> {
+/// Version 1 locked with `flock`: before upgrading, make sure no process of
+/// an older strata still holds the repository that way.
+fn check_no_v1_holder(root: &Path) -> Result<()> {
     let path = root.join(LOCK_FILE);
-    let mut f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .map_err(StoreError::io(&path))?;
-    if !sys::try_lock_exclusive(&f).map_err(StoreError::io(&path))? {
-        let pid = format::read_to_string_lossy(&path);
-        return Err(StoreError::Locked {
-            path: root.to_owned(),
-            pid: if pid.is_empty() {
-                "unknown".into()
-            } else {
-                pid
-            },
-        });
-    }
-    f.set_len(0)
-        .and_then(|_| f.write_all_at(format!("{}\n", std::process::id()).as_bytes(), 0))
-        .and_then(|_| f.flush())
-        .map_err(StoreError::io(&path))?;
-    Ok(f)
-}
-
-/// Removes what a crash can leave behind: temp files and layer files that
-/// the catalog does not name (or names in another state).
-fn remove_strays(paths: &LayerPaths, cat: &Catalog) -> Result<()> {
-    if let Ok(entries) = fs::read_dir(&paths.tmp) {
-        for e in entries.flatten() {
-            let _ = fs::remove_file(e.path());
-        }
-    } else {
-        fs::create_dir_all(&paths.tmp).map_err(StoreError::io(&paths.tmp))?;
-    }
-    let entries = fs::read_dir(&paths.dir).map_err(StoreError::io(&paths.dir))?;
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let keep = name.split_once('.').and_then(|(id, ext)| {
-            let id = LayerId(u64::from_str_radix(id, 16).ok()?);
-            let layer = cat.layers.get(&id)?;
-            Some(match ext {
-                "data" => true,
-                "idx" => layer.frozen.is_some(),
-                "log" => layer.frozen.is_none(),
-                _ => false,
-            })
-        });
-        if keep != Some(true) {
-            log::info!("removing stray file {}", e.path().display());
-            let _ = fs::remove_file(e.path());
-        }
-    }
-    Ok(())
-}
-
-fn remove_layer_files(paths: &LayerPaths, id: LayerId) {
-    for p in [paths.data(id), paths.index(id), paths.log(id)] {
-        let _ = fs::remove_file(p);
-    }
-}
-
-/// Copies the data regions of `src` into a fresh live layer, whole blocks at
-/// a time, leaving zero blocks out.
-fn import_into(
-    live: &mut LiveLayer,
-    src: &File,
-    src_path: &Path,
-    progress: &mut dyn FnMut(u64, u64),
-) -> Result<()> {
-    let geo = live.geo;
-    let bs = geo.block_size as u64;
-    let chunk = ((4u64 << 20) / bs).max(1) * bs;
-    let mut buf = vec![0u8; chunk as usize];
-    let data = live.data.clone();
-    let io_src = |e| StoreError::Io {
-        path: src_path.to_owned(),
-        source: e,
+    let Ok(f) = std::fs::File::open(&path) else {
+        return Ok(());
     };
-    let mut pos = 0;
-    while pos < geo.size {
-        let Some(start) = sys::seek_data(src, pos).map_err(io_src)? else {
-            break;
-        };
-        let end = sys::seek_hole(src, start).map_err(io_src)?.min(geo.size);
-        // Whole blocks around the region: bytes outside it are zeros anyway.
-        let mut at = start / bs * bs;
-        let region_end = end.div_ceil(bs) * bs;
-        while at < region_end.min(geo.size) {
-            let n = (region_end.min(geo.size) - at).min(chunk) as usize;
-            src.read_exact_at(&mut buf[..n], at).map_err(io_src)?;
-            for (i, block) in buf[..n].chunks(bs as usize).enumerate() {
-                if layer::is_zero(block) {
-                    continue;
-                }
-                let off = at + i as u64 * bs;
-                data.write_all_at(block, off)
-                    .map_err(StoreError::io(src_path))?;
-                live.mark_present(off / bs..off / bs + 1);
-            }
-            at += n as u64;
-            progress(at, geo.size);
-        }
-        pos = region_end;
+    // Our own record lock is on another descriptor of this file; closing
+    // this one would drop it, so it is kept open for the process's life.
+    let free = sys::try_flock_exclusive(&f).unwrap_or(true);
+    std::mem::forget(f);
+    if free {
+        Ok(())
+    } else {
+        Err(StoreError::Locked {
+            path: root.to_owned(),
+            pid: "of an older strata (format version 1)".into(),
+        })
     }
-    progress(geo.size, geo.size);
-    Ok(())
 }

@@ -36,12 +36,13 @@ impl Snapshot {
         &self.info
     }
 
-    /// When every block of the image lives in one layer, that layer's data
-    /// file read as it is *is* the image (absent blocks are holes, which read
-    /// as zeros): a file the kernel can serve directly (FUSE passthrough).
+    /// When every data block of the image lives in one layer, that layer's
+    /// data file read as it is *is* the image (every other byte of it reads
+    /// as zero, see [`super::format`]): a file the kernel can serve directly
+    /// (FUSE passthrough).
     pub fn flat_file(&self) -> Option<std::path::PathBuf> {
-        let layer = self.map.sole_owner()?;
-        Some(self.files.paths().data(layer))
+        let layer = self.map.sole_value()?;
+        self.files.local_path(layer)
     }
 
     fn layout(&self) -> BaseLayout<'_> {

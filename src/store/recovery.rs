@@ -1,0 +1,269 @@
+//! What opening a repository does with its files: compare them with the
+//! catalog, finish or undo what a crash interrupted, and never delete what
+//! it cannot prove was never acknowledged (guarantee 6).
+//!
+//! | file in `layers/` | what open does |
+//! | --- | --- |
+//! | named by the catalog | keeps it |
+//! | named by the catalog but missing | refuses to open, naming it; changes nothing |
+//! | the `.log` of a layer the catalog says is frozen | removes it (its index holds its blocks) |
+//! | listed by an open intent, not named by the catalog | removes it (its operation never committed) |
+//! | a layer id the catalog has not handed out yet | refuses to open (the catalog is older than its layers); changes nothing |
+//! | anything else | moves it to `quarantine/<time>/` and says so |
+//!
+//! `tmp/` only ever holds the temp files of atomic replacement, which
+//! nothing names until they are renamed, and is emptied.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::catalog::Catalog;
+use super::error::{Result, StoreError};
+use super::format::{self, LayerFileKind};
+use super::layer::{parse_file_name, LayerPaths};
+use super::names::LayerId;
+use super::storage::{EntryKind, Storage};
+
+pub const QUARANTINE_DIR: &str = "quarantine";
+
+/// What open found and did, for the person who opened the repository.
+#[derive(Debug, Default)]
+pub struct Reconciled {
+    /// Messages worth showing (files set aside, work undone).
+    pub notices: Vec<String>,
+}
+
+/// Compares `layers/` with the catalog and acts as the table in the module
+/// doc says. Refusals happen before anything is changed.
+pub fn reconcile(
+    storage: &dyn Storage,
+    root: &Path,
+    paths: &LayerPaths,
+    cat: &Catalog,
+) -> Result<Reconciled> {
+    let names = storage
+        .read_dir(&paths.dir)
+        .map_err(StoreError::io(&paths.dir))?;
+    let expected: BTreeSet<(LayerId, LayerFileKind)> = cat.expected_files().into_iter().collect();
+    let intended: BTreeSet<(LayerId, LayerFileKind)> = cat
+        .intents
+        .values()
+        .flat_map(|i| i.files.iter().copied())
+        .collect();
+    let mut present = BTreeSet::new();
+    let mut remove = Vec::new();
+    let mut unknown = Vec::new();
+    let mut newer = Vec::new();
+    for name in names {
+        let Some((id, kind)) = parse_file_name(&name) else {
+            unknown.push(name);
+            continue;
+        };
+        present.insert((id, kind));
+        let frozen = cat.layers.get(&id).map(|l| l.frozen.is_some());
+        if expected.contains(&(id, kind)) {
+            continue;
+        }
+        if intended.contains(&(id, kind)) || (kind == LayerFileKind::Log && frozen == Some(true)) {
+            remove.push(name);
+        } else if id.0 >= cat.next_layer {
+            newer.push(name);
+        } else {
+            unknown.push(name);
+        }
+    }
+    let missing: Vec<PathBuf> = expected
+        .iter()
+        .filter(|f| !present.contains(f))
+        .map(|&(id, kind)| paths.file(id, kind))
+        .collect();
+    if !newer.is_empty() {
+        return Err(StoreError::Inconsistent {
+            root: root.to_owned(),
+            what: format!(
+                "layers/ holds {} that the catalog has never handed out ({})",
+                plural(newer.len(), "file"),
+                list(&newer)
+            ),
+            hint: "The catalog is older than the layers, as if it was restored from a backup or \
+                   copied from elsewhere. Put back the newest catalog; or, to open the repository \
+                   as that catalog has it, move those files out of layers/ yourself."
+                .into(),
+        });
+    }
+    if !missing.is_empty() {
+        let names: Vec<String> = missing.iter().map(|p| p.display().to_string()).collect();
+        return Err(StoreError::Inconsistent {
+            root: root.to_owned(),
+            what: format!(
+                "the catalog names {} that {} missing ({})",
+                plural(missing.len(), "file"),
+                if missing.len() == 1 { "is" } else { "are" },
+                names.join(", ")
+            ),
+            hint: "Restore them from a backup, or put back the catalog that matches the layers."
+                .into(),
+        });
+    }
+
+    let mut out = Reconciled::default();
+    if !unknown.is_empty() {
+        let dir = quarantine(storage, root, paths, &unknown)?;
+        out.notices.push(format!(
+            "set aside {} that nothing in the catalog names ({}) in {}; see `strata quarantine list`",
+            plural(unknown.len(), "file"),
+            list(&unknown),
+            dir.display()
+        ));
+    }
+    for name in &remove {
+        let p = paths.dir.join(name);
+        log::info!(
+            "removing {} (left by an operation that never committed, or by a freeze)",
+            p.display()
+        );
+        storage.remove_file(&p).map_err(StoreError::io(&p))?;
+    }
+    if !remove.is_empty() {
+        format::sync_dir(storage, &paths.dir)?;
+    }
+    empty_tmp(storage, &paths.tmp)?;
+    Ok(out)
+}
+
+fn plural(n: usize, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
+}
+
+fn list(names: &[String]) -> String {
+    const SHOWN: usize = 8;
+    let mut s = names
+        .iter()
+        .take(SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if names.len() > SHOWN {
+        s.push_str(&format!(" and {} more", names.len() - SHOWN));
+    }
+    s
+}
+
+/// Moves `names` from `layers/` into a new `quarantine/<time>/layers/`.
+fn quarantine(
+    storage: &dyn Storage,
+    root: &Path,
+    paths: &LayerPaths,
+    names: &[String],
+) -> Result<PathBuf> {
+    let qroot = root.join(QUARANTINE_DIR);
+    let stamp = super::default_snapshot_name(super::now_ns()).to_string();
+    let mut dir = qroot.join(&stamp);
+    let mut n = 2;
+    while storage.kind(&dir).map_err(StoreError::io(&dir))?.is_some() {
+        dir = qroot.join(format!("{stamp}.{n}"));
+        n += 1;
+    }
+    let target = dir.join("layers");
+    storage
+        .create_dir_all(&target)
+        .map_err(StoreError::io(&target))?;
+    for name in names {
+        let from = paths.dir.join(name);
+        let to = target.join(name);
+        log::warn!("setting aside {} as {}", from.display(), to.display());
+        storage.rename(&from, &to).map_err(StoreError::io(&from))?;
+    }
+    for d in [&target, &dir, &qroot, root, &paths.dir] {
+        format::sync_dir(storage, d)?;
+    }
+    Ok(dir)
+}
+
+fn empty_tmp(storage: &dyn Storage, tmp: &Path) -> Result<()> {
+    match storage.kind(tmp).map_err(StoreError::io(tmp))? {
+        Some(EntryKind::Dir) => {
+            for name in storage.read_dir(tmp).map_err(StoreError::io(tmp))? {
+                let p = tmp.join(name);
+                storage.remove_file(&p).map_err(StoreError::io(&p))?;
+            }
+            Ok(())
+        }
+        _ => storage.create_dir_all(tmp).map_err(StoreError::io(tmp)),
+    }
+}
+
+/// A file set aside in the quarantine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuarantinedFile {
+    /// Relative to the repository.
+    pub path: String,
+    pub bytes: u64,
+}
+
+/// Every file in the quarantine.
+pub fn list_quarantine(storage: &dyn Storage, root: &Path) -> Result<Vec<QuarantinedFile>> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.join(QUARANTINE_DIR)];
+    while let Some(dir) = stack.pop() {
+        if storage.kind(&dir).map_err(StoreError::io(&dir))? != Some(EntryKind::Dir) {
+            continue;
+        }
+        let mut names = storage.read_dir(&dir).map_err(StoreError::io(&dir))?;
+        names.sort();
+        for name in names {
+            let p = dir.join(name);
+            match storage.kind(&p).map_err(StoreError::io(&p))? {
+                Some(EntryKind::Dir) => stack.push(p),
+                Some(_) => {
+                    let bytes = storage
+                        .open(&p, false)
+                        .and_then(|f| f.len())
+                        .map_err(StoreError::io(&p))?;
+                    let rel = p.strip_prefix(root).unwrap_or(&p);
+                    out.push(QuarantinedFile {
+                        path: rel.display().to_string(),
+                        bytes,
+                    });
+                }
+                None => {}
+            }
+        }
+    }
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(out)
+}
+
+/// Deletes the quarantine, returning what it held.
+pub fn purge_quarantine(storage: &dyn Storage, root: &Path) -> Result<Vec<QuarantinedFile>> {
+    let listed = list_quarantine(storage, root)?;
+    for f in &listed {
+        let p = root.join(&f.path);
+        storage.remove_file(&p).map_err(StoreError::io(&p))?;
+    }
+    // Directories deepest first (longest paths sort after their parents).
+    let mut dirs = Vec::new();
+    let mut stack = vec![root.join(QUARANTINE_DIR)];
+    while let Some(dir) = stack.pop() {
+        if storage.kind(&dir).map_err(StoreError::io(&dir))? != Some(EntryKind::Dir) {
+            continue;
+        }
+        for name in storage.read_dir(&dir).map_err(StoreError::io(&dir))? {
+            stack.push(dir.join(name));
+        }
+        dirs.push(dir);
+    }
+    for d in dirs.iter().rev() {
+        storage.remove_dir(d).map_err(StoreError::io(d))?;
+    }
+    if !dirs.is_empty() {
+        format::sync_dir(storage, root)?;
+    }
+    Ok(listed)
+}
