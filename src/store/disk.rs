@@ -116,6 +116,20 @@ impl Disk {
         self.latch.lock().is_some()
     }
 
+    /// Latches the disk because of a failure outside it: a freeze whose
+    /// commit may or may not have reached the catalog, after which nobody
+    /// can say which layer writes belong to.
+    pub(crate) fn latch_for(&self, e: &StoreError) {
+        let mut latch = self.latch.lock();
+        if latch.is_none() {
+            log::error!(
+                "disk '{}': {e}; it accepts no more writes until the repository is opened again",
+                self.name
+            );
+            *latch = Some(e.to_string());
+        }
+    }
+
     /// Latches the disk on `e`, keeping the first cause, and returns `e`.
     fn latch(&self, e: StoreError) -> StoreError {
         let mut latch = self.latch.lock();

@@ -781,7 +781,11 @@ impl Repository {
         let frozen = match frozen {
             Ok(f) => f,
             Err(e) => {
-                if !unknown {
+                if unknown {
+                    // The catalog may name the frozen layer or not: writes
+                    // can go to neither layer until a reopen settles it.
+                    disk.latch_for(&e);
+                } else {
                     self.abandon(intent, &made);
                 }
                 return Err(e);

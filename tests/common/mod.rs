@@ -3,6 +3,8 @@
 //! guard drops, also when a test fails.
 #![allow(dead_code)]
 
+pub mod workload;
+
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
