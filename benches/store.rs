@@ -19,7 +19,7 @@ use common::{median, Rng};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use strata::store::{export, DiskName, ImageRead, Repository, SnapName, SnapshotRef};
+use strata::store::{export, DiskName, ExportTarget, ImageRead, Repository, SnapName, SnapshotRef};
 
 const GIB: u64 = 1 << 30;
 const BLOCK: u64 = 64 << 10;
@@ -84,7 +84,12 @@ fn read_throughput(repo: &mut Option<Repository>, root: &Path, r: &SnapshotRef, 
         }
         let img = repo.as_ref().unwrap().open_snapshot(r).unwrap();
         let t = Instant::now();
-        export(&img, null, &mut |_, _| {}).unwrap();
+        let file = std::fs::OpenOptions::new().write(true).open(null).unwrap();
+        let target = ExportTarget {
+            file: &file,
+            name: null,
+        };
+        export(&img, &target, &mut |_, _| {}).unwrap();
         if cold || i > 0 {
             times.push(t.elapsed());
         }

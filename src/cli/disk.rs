@@ -1,22 +1,26 @@
 //! `strata disk create|import|list`
 
+use std::fs::File;
+use std::os::fd::AsFd;
+use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand};
 use strata::control::{Request, Response};
 use strata::store::catalog::DEFAULT_BLOCK_SIZE;
-use strata::store::DiskName;
+use strata::store::{DiskName, Repository};
 use strata::units::format_size;
 
 use super::output::{self, Progress};
 use super::target::{unexpected, Target};
-use super::{absolute, parse_block_size, parse_disk_name, parse_size, CmdResult};
+use super::{absolute, parse_block_size, parse_disk_name, parse_size, CmdResult, Failure};
 
 #[derive(Subcommand)]
 pub enum DiskCommand {
     /// Create an empty disk (instant, whatever its size)
     Create(CreateArgs),
-    /// Create a disk from a raw image file; zero blocks are not stored
+    /// Create a disk from a raw image: a file, a block device or standard
+    /// input; zero blocks are not stored
     Import(ImportArgs),
     /// List disks: size, block size, snapshots, space used
     List(ListArgs),
@@ -40,11 +44,52 @@ pub struct ImportArgs {
     /// Disk name for the new disk
     #[arg(value_parser = parse_disk_name)]
     name: DiskName,
-    /// Raw image file (or block device); its size becomes the disk's size
+    /// Raw image: a file, a block device, or - for standard input. Its size
+    /// becomes the disk's size
     file: PathBuf,
     /// Block size: a power of two from 4K to 1M
     #[arg(long, value_parser = parse_block_size, default_value_t = DEFAULT_BLOCK_SIZE)]
     block_size: u32,
+    /// The disk's size, needed when the image comes down a pipe (standard
+    /// input, a FIFO); checked against a file's or device's own size
+    #[arg(long, value_parser = parse_size)]
+    size: Option<u64>,
+}
+
+/// Opens an import's source as this command's user, refusing early what
+/// cannot be imported: a missing path, a directory, a FIFO without --size
+/// (opening it would wait for a writer), a file of the repository.
+fn open_source(repo: &Path, a: &ImportArgs) -> Result<(File, String), Failure> {
+    if a.file.as_os_str() == "-" {
+        let fd = std::io::stdin()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|e| Failure::Refused(format!("standard input: {e}")))?;
+        return Ok((File::from(fd), "standard input".into()));
+    }
+    let path = absolute(&a.file)?;
+    let shown = a.file.display().to_string();
+    let refuse = |why: String| Failure::Refused(format!("cannot import {shown}: {why}"));
+    let md = std::fs::metadata(&path).map_err(|e| refuse(e.to_string()))?;
+    if md.is_dir() {
+        return Err(refuse(
+            "it is a directory; give a raw image file, a block device or -".into(),
+        ));
+    }
+    if md.file_type().is_fifo() && a.size.is_none() {
+        return Err(refuse(
+            "it is a FIFO, whose size cannot be known in advance; give the disk's size with --size"
+                .into(),
+        ));
+    }
+    if Repository::holds(repo, &md) {
+        return Err(refuse(format!(
+            "it is a file of the repository {}",
+            repo.display()
+        )));
+    }
+    let file = File::open(&path).map_err(|e| refuse(e.to_string()))?;
+    Ok((file, shown))
 }
 
 #[derive(Args)]
@@ -55,6 +100,11 @@ pub struct ListArgs {
 }
 
 pub fn run(repo: &Path, cmd: DiskCommand) -> CmdResult {
+    // The source is opened (and checked) before the repository.
+    let source = match &cmd {
+        DiskCommand::Import(a) => Some(open_source(repo, a)?),
+        _ => None,
+    };
     let mut target = Target::open(repo)?;
     match cmd {
         DiskCommand::Create(a) => {
@@ -74,21 +124,22 @@ pub fn run(repo: &Path, cmd: DiskCommand) -> CmdResult {
             );
         }
         DiskCommand::Import(a) => {
+            let (file, shown) = source.ok_or_else(|| unexpected(Response::Done))?;
             let mut progress = Progress::new("importing");
             let req = Request::DiskImport {
                 name: a.name,
-                file: absolute(&a.file)?,
+                source: shown.clone(),
+                size: a.size,
                 block_size: a.block_size,
             };
-            let resp = target.call(req, &mut |d, t| progress.update(d, t));
+            let resp = target.call_with(req, Some(file), &mut |d, t| progress.update(d, t));
             progress.finish();
             let info = match resp? {
                 Response::Disk(info) => info,
                 r => return Err(unexpected(r)),
             };
             println!(
-                "imported {} as disk {} ({}, {} stored)",
-                a.file.display(),
+                "imported {shown} as disk {} ({}, {} stored)",
                 info.name,
                 format_size(info.size),
                 format_size(info.used_bytes)

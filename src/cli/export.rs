@@ -1,44 +1,183 @@
 //! `strata export`
 
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use clap::Args;
 use strata::control::{Request, Response};
-use strata::store::ImageRef;
+use strata::store::{ImageRef, Repository};
 use strata::units::format_size;
 
 use super::output::Progress;
 use super::target::{unexpected, Target};
-use super::{absolute, parse_image_ref, CmdResult};
+use super::{absolute, inside_repository, parse_image_ref, CmdResult, Failure};
 
 #[derive(Args)]
+#[command(
+    after_help = "A regular file is written under a temporary name beside FILE and \
+renamed only once it is complete and synced, so FILE is never a partial image. \
+FILE may not be inside the repository."
+)]
 pub struct ExportArgs {
     /// DISK@SNAPSHOT, or DISK for the live disk
     #[arg(value_parser = parse_image_ref)]
     image: ImageRef,
-    /// Output file; zero regions become holes. A device or pipe gets every byte.
+    /// A new raw image file (zero regions become holes), a block device
+    /// (written in place) or a pipe such as /dev/stdout (every byte)
     file: PathBuf,
+    /// Replace FILE if it is an existing file
+    #[arg(long)]
+    force: bool,
+}
+
+/// Where the image goes, as decided before anything is written.
+enum Output {
+    /// A regular file, written as `tmp` and renamed to `path` when done.
+    File {
+        path: PathBuf,
+        tmp: PathBuf,
+    },
+    Device(PathBuf),
+    Stream(PathBuf),
+}
+
+fn refused(path: &Path, why: impl std::fmt::Display) -> Failure {
+    Failure::Refused(format!("cannot export to {}: {why}", path.display()))
+}
+
+fn plan(repo: &Path, path: &Path, force: bool) -> Result<Output, Failure> {
+    if inside_repository(repo, path) {
+        return Err(refused(
+            path,
+            format!("it is inside the repository {}", repo.display()),
+        ));
+    }
+    match fs::metadata(path) {
+        Ok(md) if Repository::holds(repo, &md) => Err(refused(
+            path,
+            format!("it is a file of the repository {}", repo.display()),
+        )),
+        Ok(md) if md.is_dir() => Err(refused(path, "it is a directory; name a file")),
+        Ok(md) if md.is_file() && !force => {
+            Err(refused(path, "it exists; add --force to replace it"))
+        }
+        Ok(md) if md.file_type().is_block_device() => Ok(Output::Device(path.to_owned())),
+        Ok(md) if md.is_file() => Ok(Output::File {
+            path: path.to_owned(),
+            tmp: temp_beside(path),
+        }),
+        Ok(_) => Ok(Output::Stream(path.to_owned())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Output::File {
+            path: path.to_owned(),
+            tmp: temp_beside(path),
+        }),
+        Err(e) => Err(refused(path, e)),
+    }
+}
+
+/// `DIR/.NAME.strata-export-PID.tmp`: hidden, and plainly not finished.
+fn temp_beside(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}.strata-export-{}.tmp", std::process::id()))
 }
 
 pub fn run(repo: &Path, a: ExportArgs) -> CmdResult {
-    let mut target = Target::open(repo)?;
+    let path = absolute(&a.file)?;
+    let output = plan(repo, &path, a.force)?;
+    let file = match &output {
+        Output::File { tmp, .. } => OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(tmp)
+            .map_err(|e| refused(&path, e))?,
+        Output::Device(p) | Output::Stream(p) => OpenOptions::new()
+            .write(true)
+            .open(p)
+            .map_err(|e| refused(p, e))?,
+    };
+    if let Output::Device(p) = &output {
+        eprintln!(
+            "strata: writing {} in place onto block device {}",
+            a.image,
+            p.display()
+        );
+    }
+    let result = export(repo, &a.image, &path, file);
+    match (&output, result) {
+        (Output::File { path, tmp }, Ok((size, stats))) => {
+            if let Err(e) = publish(tmp, path, a.force) {
+                let _ = fs::remove_file(tmp);
+                return Err(e);
+            }
+            report(&a.image, path, size, stats.written_bytes);
+            Ok(())
+        }
+        (Output::File { tmp, .. }, Err(e)) => {
+            let _ = fs::remove_file(tmp);
+            Err(e)
+        }
+        (Output::Device(p) | Output::Stream(p), Ok((size, stats))) => {
+            report(&a.image, p, size, stats.written_bytes);
+            Ok(())
+        }
+        (_, Err(e)) => Err(e),
+    }
+}
+
+fn export(
+    repo: &Path,
+    image: &ImageRef,
+    target: &Path,
+    file: File,
+) -> Result<(u64, strata::store::ExportStats), Failure> {
+    let mut t = Target::open(repo)?;
     let mut progress = Progress::new("exporting");
     let req = Request::Export {
-        image: a.image.to_string(),
-        file: absolute(&a.file)?,
+        image: image.to_string(),
+        target: target.display().to_string(),
     };
-    let resp = target.call(req, &mut |d, t| progress.update(d, t));
+    let resp = t.call_with(req, Some(file), &mut |d, t| progress.update(d, t));
     progress.finish();
-    let (size, stats) = match resp? {
-        Response::Exported { size, stats } => (size, stats),
-        r => return Err(unexpected(r)),
-    };
+    match resp? {
+        Response::Exported { size, stats } => Ok((size, stats)),
+        r => Err(unexpected(r)),
+    }
+}
+
+/// Gives the finished temp file its name: replacing only with --force, and
+/// never a file that appeared meanwhile otherwise (a hard link fails if the
+/// name exists). Then makes the name durable.
+fn publish(tmp: &Path, path: &Path, force: bool) -> CmdResult {
+    if force {
+        fs::rename(tmp, path).map_err(|e| refused(path, e))?;
+    } else {
+        fs::hard_link(tmp, path).map_err(|e| match e.kind() {
+            io::ErrorKind::AlreadyExists => refused(
+                path,
+                "it appeared while exporting; add --force to replace it",
+            ),
+            _ => refused(path, e),
+        })?;
+        fs::remove_file(tmp).map_err(|e| refused(tmp, e))?;
+    }
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| refused(path, e))
+}
+
+fn report(image: &ImageRef, to: &Path, size: u64, written: u64) {
     println!(
-        "exported {} to {} ({}, {} of data)",
-        a.image,
-        a.file.display(),
+        "exported {image} to {} ({}, {} of data)",
+        to.display(),
         format_size(size),
-        format_size(stats.written_bytes)
+        format_size(written)
     );
-    Ok(())
 }

@@ -8,6 +8,7 @@ mod export;
 mod init;
 mod mount;
 mod output;
+mod quarantine;
 mod snapshot;
 mod target;
 
@@ -55,6 +56,14 @@ enum Command {
     Snapshot(snapshot::SnapshotCommand),
     /// Write a full raw image of a disk or snapshot to a file
     Export(export::ExportArgs),
+    /// Files that opening the repository found and nothing names
+    ///
+    /// Opening a repository never deletes a file it cannot prove belongs to
+    /// an operation that never committed: any other file in layers/ that the
+    /// catalog does not name is moved to REPO/quarantine/ and reported.
+    /// Look at them, put them back by hand if they matter, or purge them.
+    #[command(subcommand)]
+    Quarantine(quarantine::QuarantineCommand),
     /// Mount the repository: every disk and snapshot as an image file
     ///
     /// MOUNTPOINT/<disk>/live.img is the writable disk;
@@ -116,8 +125,21 @@ fn run(cli: Cli) -> CmdResult {
         Command::Disk(c) => disk::run(&repo_path, c),
         Command::Snapshot(c) => snapshot::run(&repo_path, c),
         Command::Export(a) => export::run(&repo_path, a),
+        Command::Quarantine(c) => quarantine::run(&repo_path, c),
         Command::Mount(_) | Command::Umount(_) => Ok(()),
     }
+}
+
+/// Whether `path` (which need not exist yet) lies inside the repository:
+/// its nearest existing ancestor, symlinks resolved, is under the
+/// repository's directory, symlinks resolved.
+pub fn inside_repository(repo: &std::path::Path, path: &std::path::Path) -> bool {
+    let Ok(repo) = std::fs::canonicalize(repo) else {
+        return false;
+    };
+    path.ancestors()
+        .find_map(|a| std::fs::canonicalize(a).ok())
+        .is_some_and(|p| p.starts_with(&repo))
 }
 
 /// `path` made absolute against the current directory (without touching it,

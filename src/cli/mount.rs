@@ -18,6 +18,8 @@ use super::{absolute, CmdResult, Failure};
 /// once serving, then let go of the terminal.
 const NOTIFY_ENV: &str = "STRATA_DAEMON_NOTIFY";
 const READY: &str = "READY";
+/// A line the daemon prints before READY for `strata mount` to pass on.
+const NOTE: &str = "NOTE ";
 const LOG_FILE: &str = "daemon.log";
 
 #[derive(Args)]
@@ -94,7 +96,14 @@ pub fn mount(repo: Option<PathBuf>, a: MountArgs) -> CmdResult {
     if a.foreground {
         let notify = std::env::var_os(NOTIFY_ENV).is_some();
         let log_path = repo.join(LOG_FILE);
-        return daemon::run(&repo, &mp, &opts, || {
+        return daemon::run(&repo, &mp, &opts, |notices| {
+            for n in notices {
+                if notify {
+                    println!("{NOTE}{n}");
+                } else {
+                    eprintln!("strata: note: {n}");
+                }
+            }
             if notify {
                 println!("{READY}");
                 match OpenOptions::new().create(true).append(true).open(&log_path) {
@@ -144,6 +153,11 @@ fn spawn_daemon(repo: &Path, mp: &Path, a: &MountArgs) -> CmdResult {
             BufReader::new(out)
                 .lines()
                 .map_while(Result::ok)
+                .inspect(|l| {
+                    if let Some(n) = l.strip_prefix(NOTE) {
+                        eprintln!("strata: note: {n}");
+                    }
+                })
                 .any(|l| l == READY)
         })
         .unwrap_or(false);
@@ -189,11 +203,19 @@ pub fn umount(a: UmountArgs) -> CmdResult {
         );
         return Ok(());
     };
-    // Done, or the daemon exited before answering: both mean unmounted.
-    if let Ok(Response::Refused { message, .. }) = client.call(Request::Unmount) {
-        return Err(Failure::Refused(message));
-    }
+    // Unmounted, or the daemon exited before answering: both mean unmounted.
+    let flush_failed = match client.call(Request::Unmount, None) {
+        Ok(Response::Refused { message, .. }) => return Err(Failure::Refused(message)),
+        Ok(Response::Unmounted { flush_failed }) => flush_failed,
+        _ => None,
+    };
     wait_for_release(&repo)?;
+    if let Some(e) = flush_failed {
+        return Err(Failure::Refused(format!(
+            "unmounted {}, but the final flush failed: {e}",
+            mp.display()
+        )));
+    }
     println!("unmounted {}", mp.display());
     Ok(())
 }

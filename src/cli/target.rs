@@ -1,6 +1,7 @@
 //! Where a command's request goes: to the daemon that owns the repository
 //! while it is mounted, or to the repository itself.
 
+use std::fs::File;
 use std::path::Path;
 
 use strata::control::{execute, Client, Request, Response};
@@ -19,7 +20,13 @@ impl Target {
     pub fn open(repo: &Path) -> Result<Target, Failure> {
         match Client::connect(repo) {
             Ok(Some(c)) => Ok(Target::Daemon(c)),
-            Ok(None) => Ok(Target::Local(Repository::open(repo)?)),
+            Ok(None) => {
+                let repo = Repository::open(repo)?;
+                for n in repo.notices() {
+                    eprintln!("strata: note: {n}");
+                }
+                Ok(Target::Local(repo))
+            }
             Err(e) => Err(Failure::Refused(e.to_string())),
         }
     }
@@ -30,10 +37,20 @@ impl Target {
         req: Request,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<Response, Failure> {
+        self.call_with(req, None, progress)
+    }
+
+    /// Carries out a request that works on `file` (opened by this command).
+    pub fn call_with(
+        &mut self,
+        req: Request,
+        file: Option<File>,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<Response, Failure> {
         let resp = match self {
-            Target::Local(repo) => execute(repo, req, progress),
+            Target::Local(repo) => execute(repo, req, file, progress),
             Target::Daemon(c) => c
-                .call(req)
+                .call(req, file.as_ref())
                 .map_err(|e| Failure::Refused(format!("the mount's daemon did not answer: {e}")))?,
         };
         match resp {

@@ -1,5 +1,6 @@
 //! The command side of the control socket.
 
+use std::fs::File;
 use std::io;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
@@ -33,9 +34,10 @@ impl Client {
         }
     }
 
-    /// Sends one request and waits for its answer (as long as the work takes).
-    pub fn call(&mut self, req: Request) -> io::Result<Response> {
-        send(&mut self.stream, req)?;
-        receive(&mut self.stream)
+    /// Sends one request, with the file it works on if any, and waits for
+    /// its answer (as long as the work takes).
+    pub fn call(&mut self, req: Request, file: Option<&File>) -> io::Result<Response> {
+        send(&self.stream, req, file)?;
+        receive(&self.stream).map(|(resp, _)| resp)
     }
 }

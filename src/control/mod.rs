@@ -7,15 +7,24 @@
 //! socket (`REPO/control.sock`, mode 0600) and the daemon calls [`execute`].
 //! One code path either way.
 //!
+//! Files a request reads or writes (an import's source, an export's target)
+//! are opened by the command, with its own permissions, and handed over as
+//! a descriptor: in process as a [`File`], to the daemon with `SCM_RIGHTS`.
+//! So a FIFO or standard input can be imported while mounted, and the
+//! daemon never opens a path a command names.
+//!
 //! Wire format: each message is a `u32` little-endian length followed by a
-//! postcard-encoded [`Envelope`]. A peer speaking another protocol version
-//! is refused by name.
+//! postcard-encoded [`Envelope`]; a descriptor travels with the length. A
+//! peer speaking another protocol version is refused by name.
 
 mod client;
 mod server;
 
-use std::io::{self, Read, Write};
-use std::path::PathBuf;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
@@ -23,12 +32,12 @@ pub use client::Client;
 pub use server::{remove_socket, serve, ServerHooks};
 
 use crate::store::{
-    export, DiskInfo, DiskName, ExportStats, ImageRef, Repository, SnapName, SnapshotInfo,
-    StoreError,
+    export, DiskInfo, DiskName, ExportStats, ExportTarget, ImageRef, ImportSource, QuarantinedFile,
+    Repository, SnapName, SnapshotInfo, StoreError,
 };
 
 /// Bumped whenever [`Request`] or [`Response`] change shape.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 /// Largest message accepted, so a confused peer cannot make us allocate GiBs.
 const MAX_MESSAGE: u32 = 64 << 20;
 
@@ -48,10 +57,13 @@ pub enum Request {
         size: u64,
         block_size: u32,
     },
+    /// The source comes as a descriptor.
     DiskImport {
         name: DiskName,
-        /// Absolute path, opened by whoever executes the request.
-        file: PathBuf,
+        /// How the source is named in messages.
+        source: String,
+        /// Its size, for a stream; checked against a file's own.
+        size: Option<u64>,
         block_size: u32,
     },
     DiskList,
@@ -62,11 +74,14 @@ pub enum Request {
     SnapshotList {
         disk: DiskName,
     },
+    /// The target comes as a descriptor.
     Export {
         image: String,
-        /// Absolute path, written by whoever executes the request.
-        file: PathBuf,
+        /// How the target is named in messages.
+        target: String,
     },
+    QuarantineList,
+    QuarantinePurge,
     /// Only a daemon answers this: flush everything and unmount.
     Unmount,
 }
@@ -74,6 +89,10 @@ pub enum Request {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Response {
     Done,
+    /// Unmounted; the final flush's failure, if it failed.
+    Unmounted {
+        flush_failed: Option<String>,
+    },
     Disk(DiskInfo),
     Disks(Vec<DiskInfo>),
     Snapshot(SnapshotInfo),
@@ -82,6 +101,7 @@ pub enum Response {
         size: u64,
         stats: ExportStats,
     },
+    Quarantine(Vec<QuarantinedFile>),
     /// The request was refused; `usage` marks bad arguments (exit status 2).
     Refused {
         message: String,
@@ -98,9 +118,21 @@ impl Response {
     }
 }
 
-/// Carries out `req` against `repo`. `progress` hears about long work.
-pub fn execute(repo: &Repository, req: Request, progress: &mut dyn FnMut(u64, u64)) -> Response {
+/// Carries out `req` against `repo`. `file` is the descriptor the request
+/// works on, if it takes one. `progress` hears about long work.
+pub fn execute(
+    repo: &Repository,
+    req: Request,
+    file: Option<File>,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Response {
     let result = (|| -> Result<Response, StoreError> {
+        let needs_file = |what: &str| {
+            StoreError::invalid(
+                "request",
+                format!("{what} needs the file it works on, and none came with it"),
+            )
+        };
         Ok(match req {
             Request::DiskCreate {
                 name,
@@ -109,31 +141,39 @@ pub fn execute(repo: &Repository, req: Request, progress: &mut dyn FnMut(u64, u6
             } => Response::Disk(repo.create_disk(&name, size, block_size)?),
             Request::DiskImport {
                 name,
-                file,
+                source,
+                size,
                 block_size,
             } => {
-                let src = std::fs::File::open(&file).map_err(StoreError::io(&file))?;
-                let source = crate::store::ImportSource {
-                    file: &src,
-                    name: &file,
-                    size: None,
+                let file = file.ok_or_else(|| needs_file("an import"))?;
+                let src = ImportSource {
+                    file: &file,
+                    name: Path::new(&source),
+                    size,
                 };
-                Response::Disk(repo.import_disk(&name, &source, block_size, progress)?)
+                Response::Disk(repo.import_disk(&name, &src, block_size, progress)?)
             }
             Request::DiskList => Response::Disks(repo.disks()?),
             Request::SnapshotCreate { disk, name } => {
                 Response::Snapshot(repo.snapshot(&disk, name)?)
             }
             Request::SnapshotList { disk } => Response::Snapshots(repo.snapshots(&disk)?),
-            Request::Export { image, file } => {
+            Request::Export { image, target } => {
+                let file = file.ok_or_else(|| needs_file("an export"))?;
                 let r = ImageRef::parse(&image)?;
                 let img = repo.open_image(&r)?;
-                let stats = export(img.as_ref(), &file, progress)?;
+                let target = ExportTarget {
+                    file: &file,
+                    name: Path::new(&target),
+                };
+                let stats = export(img.as_ref(), &target, progress)?;
                 Response::Exported {
                     size: img.size(),
                     stats,
                 }
             }
+            Request::QuarantineList => Response::Quarantine(repo.quarantine()?),
+            Request::QuarantinePurge => Response::Quarantine(repo.purge_quarantine()?),
             Request::Unmount => Response::Refused {
                 message: "the repository is not mounted".into(),
                 usage: false,
@@ -143,7 +183,12 @@ pub fn execute(repo: &Repository, req: Request, progress: &mut dyn FnMut(u64, u6
     result.unwrap_or_else(Response::refused)
 }
 
-pub(crate) fn send<T: Serialize>(w: &mut impl Write, body: T) -> io::Result<()> {
+/// Sends one message, with `fd` attached if given.
+pub(crate) fn send<T: Serialize>(
+    stream: &UnixStream,
+    body: T,
+    fd: Option<&File>,
+) -> io::Result<()> {
     let bytes = postcard::to_stdvec(&Envelope {
         version: PROTOCOL_VERSION,
         body,
@@ -151,14 +196,18 @@ pub(crate) fn send<T: Serialize>(w: &mut impl Write, body: T) -> io::Result<()> 
     .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
     let len =
         u32::try_from(bytes.len()).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
-    w.write_all(&len.to_le_bytes())?;
-    w.write_all(&bytes)?;
-    w.flush()
+    let mut msg = len.to_le_bytes().to_vec();
+    msg.extend_from_slice(&bytes);
+    crate::sys::send_with_fd(stream, &msg, fd.map(|f| f.as_raw_fd()))
 }
 
-pub(crate) fn receive<T: DeserializeOwned>(r: &mut impl Read) -> io::Result<T> {
+/// Receives one message, and the descriptor that came with it, if any.
+pub(crate) fn receive<T: DeserializeOwned>(
+    stream: &UnixStream,
+) -> io::Result<(T, Option<OwnedFd>)> {
+    use std::io::Read;
     let mut len = [0u8; 4];
-    r.read_exact(&mut len)?;
+    let fd = crate::sys::recv_with_fd(stream, &mut len)?;
     let len = u32::from_le_bytes(len);
     if len > MAX_MESSAGE {
         return Err(io::Error::new(
@@ -167,6 +216,7 @@ pub(crate) fn receive<T: DeserializeOwned>(r: &mut impl Read) -> io::Result<T> {
         ));
     }
     let mut buf = vec![0u8; len as usize];
+    let mut r = stream;
     r.read_exact(&mut buf)?;
     // The version leads the envelope, so it decodes whatever follows.
     let version = postcard::take_from_bytes::<u32>(&buf)
@@ -181,7 +231,8 @@ pub(crate) fn receive<T: DeserializeOwned>(r: &mut impl Read) -> io::Result<T> {
             ),
         ));
     }
-    postcard::from_bytes::<Envelope<T>>(&buf)
+    let body = postcard::from_bytes::<Envelope<T>>(&buf)
         .map(|e| e.body)
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    Ok((body, fd))
 }

@@ -1,8 +1,9 @@
 //! The daemon side of the control socket: one thread accepting, one thread
 //! per connection, each request handed to [`super::execute`].
 
-use std::fs;
+use std::fs::{self, File};
 use std::io;
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
@@ -14,8 +15,9 @@ use crate::store::Repository;
 
 /// What only the daemon can do for a request.
 pub struct ServerHooks {
-    /// Flush and unmount; the answer is sent once it is done.
-    pub unmount: Box<dyn Fn() -> Result<(), String> + Send + Sync>,
+    /// Flush and unmount; the answer is sent once it is done. `Ok` carries
+    /// the flush's failure, if it failed (the unmount goes on regardless).
+    pub unmount: Box<dyn Fn() -> Result<Option<String>, String> + Send + Sync>,
 }
 
 /// Binds `REPO/control.sock` (mode 0600) and serves it on a thread. The
@@ -45,35 +47,58 @@ pub fn remove_socket(repo: &Path) {
     let _ = fs::remove_file(repo.join(SOCKET_FILE));
 }
 
-fn handle(mut conn: UnixStream, repo: &Repository, hooks: &ServerHooks) {
+fn handle(conn: UnixStream, repo: &Repository, hooks: &ServerHooks) {
     loop {
-        let req: Request = match receive(&mut conn) {
+        let (req, fd): (Request, _) = match receive(&conn) {
             Ok(r) => r,
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return,
             Err(e) => {
                 let _ = send(
-                    &mut conn,
+                    &conn,
                     Response::Refused {
                         message: e.to_string(),
                         usage: false,
                     },
+                    None,
                 );
                 return;
             }
         };
         log::info!("control request: {req:?}");
-        let resp = match req {
-            Request::Unmount => match (hooks.unmount)() {
-                Ok(()) => Response::Done,
+        let resp = match (req, checked_file(repo, fd)) {
+            (_, Err(message)) => Response::Refused {
+                message,
+                usage: false,
+            },
+            (Request::Unmount, Ok(_)) => match (hooks.unmount)() {
+                Ok(flush_failed) => Response::Unmounted { flush_failed },
                 Err(message) => Response::Refused {
                     message,
                     usage: false,
                 },
             },
-            req => execute(repo, req, &mut |_, _| {}),
+            (req, Ok(file)) => execute(repo, req, file, &mut |_, _| {}),
         };
-        if send(&mut conn, resp).is_err() {
+        if send(&conn, resp, None).is_err() {
             return;
         }
     }
+}
+
+/// A descriptor a command handed over, unless it is one of the
+/// repository's own files: nothing may read or write those through a
+/// command, and closing a descriptor of the lock file would drop the
+/// daemon's lock, so such a descriptor is kept open, unused.
+fn checked_file(repo: &Repository, fd: Option<OwnedFd>) -> Result<Option<File>, String> {
+    let Some(fd) = fd else { return Ok(None) };
+    let file = File::from(fd);
+    let md = file.metadata().map_err(|e| e.to_string())?;
+    if Repository::holds(repo.path(), &md) {
+        std::mem::forget(file);
+        return Err(format!(
+            "the file handed over is inside the repository {}; choose a file outside it",
+            repo.path().display()
+        ));
+    }
+    Ok(Some(file))
 }

@@ -46,12 +46,13 @@ pub enum DaemonError {
 }
 
 /// Mounts `repo` at `mountpoint` and serves it until it is unmounted.
-/// `ready` is called once the mount answers and the control socket listens.
+/// `ready` is called once the mount answers and the control socket listens,
+/// with what opening the repository found worth telling.
 pub fn run(
     repo: &Path,
     mountpoint: &Path,
     opts: &MountOptions,
-    ready: impl FnOnce(),
+    ready: impl FnOnce(&[String]),
 ) -> Result<(), DaemonError> {
     check_mountpoint(mountpoint)?;
     let repo = Arc::new(Repository::open(repo)?);
@@ -76,14 +77,21 @@ pub fn run(
 
     let unmount = {
         let (repo, unmounter, mp) = (repo.clone(), unmounter.clone(), mp.clone());
-        move || -> Result<(), String> {
-            repo.flush_all().map_err(|e| e.to_string())?;
+        // A flush that fails does not keep the mount up: what it could not
+        // make durable was never acknowledged, and a latched disk would
+        // otherwise never let go. It is reported instead.
+        move || -> Result<Option<String>, String> {
+            let flushed = repo.flush_all().err().map(|e| {
+                log::error!("flushing before unmount: {e}");
+                e.to_string()
+            });
             unmounter.unmount().map_err(|e| {
                 format!(
                     "cannot unmount {}: {e} (is a file on it open, or a loop device attached?)",
                     mp.display()
                 )
-            })
+            })?;
+            Ok(flushed)
         }
     };
     control::serve(
@@ -96,7 +104,10 @@ pub fn run(
     watch_signals(unmount, mp.clone());
     tune_readahead(&mp);
     log::info!("serving {} at {}", repo.path().display(), mp.display());
-    ready();
+    for n in repo.notices() {
+        log::warn!("{n}");
+    }
+    ready(repo.notices());
 
     let served = session.run();
     control::remove_socket(repo.path());
@@ -264,7 +275,10 @@ fn check_mountpoint(mp: &Path) -> Result<(), DaemonError> {
 
 /// SIGTERM, SIGINT and SIGHUP unmount cleanly. If the mount is busy it is
 /// detached instead, so the daemon still flushes and stops.
-fn watch_signals(unmount: impl Fn() -> Result<(), String> + Send + 'static, mp: PathBuf) {
+fn watch_signals(
+    unmount: impl Fn() -> Result<Option<String>, String> + Send + 'static,
+    mp: PathBuf,
+) {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let mut signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]) {
         Ok(s) => s,

@@ -1,20 +1,16 @@
-//! Reading images: the byte-level read, `SEEK_DATA`/`SEEK_HOLE` and export,
-//! shared by the live disk and by snapshots.
+//! Reading images: the byte-level read and `SEEK_DATA`/`SEEK_HOLE`, shared
+//! by the live disk and by snapshots.
 //!
 //! An image is described by its [`Layout`]: for any block range, which file
 //! holds each piece (or that it is zeros). Everything here works on that
 //! description, so the live disk and a snapshot differ only in how they
 //! produce it.
 
-use std::fs::OpenOptions;
-use std::io::Write;
 use std::ops::Range;
-use std::os::unix::fs::FileExt;
-use std::path::Path;
 use std::sync::Arc;
 
 use super::error::{Result, StoreError};
-use super::layer::{is_zero, Geometry};
+use super::layer::Geometry;
 use super::storage::StorageFile;
 
 /// Where a run of blocks comes from: zeros, or a layer's data file.
@@ -117,73 +113,4 @@ pub(crate) fn probe(layout: &dyn Layout, offset: u64, want_data: bool) -> Result
         block = window.end;
     }
     Ok(if want_data { None } else { Some(geo.size) })
-}
-
-/// Bytes an export reads at a time: large enough that a read spread over a
-/// deep chain keeps many device requests in flight.
-const EXPORT_CHUNK: usize = 4 << 20;
-
-/// What an export wrote.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct ExportStats {
-    /// Bytes of data regions read from the image.
-    pub data_bytes: u64,
-    /// Bytes actually written (regions of zeros in a regular file are left
-    /// as holes).
-    pub written_bytes: u64,
-}
-
-/// Writes the whole image to `out`. A regular file gets the image's size and
-/// holes where the image has zeros; anything else (a pipe, a device,
-/// `/dev/null`) receives every byte in order.
-pub fn export(
-    img: &dyn ImageRead,
-    out: &Path,
-    progress: &mut dyn FnMut(u64, u64),
-) -> Result<ExportStats> {
-    let is_regular = std::fs::metadata(out).map(|m| m.is_file()).unwrap_or(true);
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(is_regular)
-        .open(out)
-        .map_err(StoreError::io(out))?;
-    let size = img.size();
-    let mut stats = ExportStats::default();
-    let mut buf = vec![0u8; EXPORT_CHUNK];
-    if is_regular {
-        file.set_len(size).map_err(StoreError::io(out))?;
-        let mut pos = 0;
-        while let Some(start) = img.seek_data(pos)? {
-            let end = img.seek_hole(start)?.max(start + 1).min(size);
-            let mut at = start;
-            while at < end {
-                let n = (end - at).min(buf.len() as u64) as usize;
-                let got = img.read_at(at, &mut buf[..n])?;
-                stats.data_bytes += got as u64;
-                if !is_zero(&buf[..got]) {
-                    file.write_all_at(&buf[..got], at)
-                        .map_err(StoreError::io(out))?;
-                    stats.written_bytes += got as u64;
-                }
-                at += got as u64;
-                progress(at, size);
-            }
-            pos = end;
-        }
-        file.sync_all().map_err(StoreError::io(out))?;
-    } else {
-        let mut at = 0;
-        while at < size {
-            let n = (size - at).min(buf.len() as u64) as usize;
-            let got = img.read_at(at, &mut buf[..n])?;
-            file.write_all(&buf[..got]).map_err(StoreError::io(out))?;
-            stats.data_bytes += got as u64;
-            stats.written_bytes += got as u64;
-            at += got as u64;
-            progress(at, size);
-        }
-    }
-    progress(size, size);
-    Ok(stats)
 }

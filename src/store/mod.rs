@@ -41,6 +41,7 @@
 pub mod catalog;
 pub mod disk;
 pub mod error;
+pub mod export;
 pub mod extents;
 pub mod format;
 pub mod image;
@@ -68,9 +69,10 @@ use catalog::{
 };
 pub use disk::Disk;
 pub use error::{Result, StoreError};
+pub use export::{export, ExportStats, ExportTarget};
 use extents::OwnerMap;
 use format::{LayerFileKind, RepoHeader, MAGIC_REPO};
-pub use image::{export, ExportStats, ImageRead};
+pub use image::ImageRead;
 pub use import::ImportSource;
 use journal::Journal;
 use layer::{Geometry, LayerFiles, LayerPaths, LiveLayer};
@@ -342,7 +344,7 @@ impl Repository {
             (fd_limit / 2).min(16_384) as usize,
         );
         for n in &reconciled.notices {
-            log::warn!("{}: {n}", root.display());
+            log::info!("{}: {n}", root.display());
         }
         Ok(Repository {
             inner: Arc::new(Inner {
@@ -372,6 +374,32 @@ impl Repository {
     /// What opening the repository found worth telling (files set aside).
     pub fn notices(&self) -> &[String] {
         &self.inner.notices
+    }
+
+    /// Whether the file `md` describes is one of the repository's own (the
+    /// same device and inode as a file under `root`): what no command may
+    /// write into, and what the holder of the lock may not open and close,
+    /// since closing any descriptor of the lock file drops the lock.
+    pub fn holds(root: &Path, md: &std::fs::Metadata) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let mut stack = vec![root.to_owned()];
+        while let Some(dir) = stack.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                let Ok(m) = e.path().symlink_metadata() else {
+                    continue;
+                };
+                if m.dev() == md.dev() && m.ino() == md.ino() {
+                    return true;
+                }
+                if m.is_dir() {
+                    stack.push(e.path());
+                }
+            }
+        }
+        false
     }
 
     /// Who holds the repository at `root`, if anyone (a PID); safe to ask

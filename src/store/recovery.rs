@@ -177,7 +177,7 @@ fn quarantine(
     for name in names {
         let from = paths.dir.join(name);
         let to = target.join(name);
-        log::warn!("setting aside {} as {}", from.display(), to.display());
+        log::info!("setting aside {} as {}", from.display(), to.display());
         storage.rename(&from, &to).map_err(StoreError::io(&from))?;
     }
     for d in [&target, &dir, &qroot, root, &paths.dir] {

@@ -1,0 +1,341 @@
+//! Recovery destroys nothing it cannot prove was never acknowledged
+//! (guarantee 6): a catalog older than its layers, files nothing names,
+//! damage in a journal, a failed fsync and a failed journal append, each
+//! as a user or the host would cause it.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+use strata::store::storage::faults::{FaultyStorage, Op};
+use strata::store::storage::sim::SimStorage;
+use strata::store::storage::{LocalStorage, Storage};
+use strata::store::{DiskName, ImageRead, Repository, SnapName, StoreError};
+
+const STRATA: &str = env!("CARGO_BIN_EXE_strata");
+
+fn strata(repo: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(STRATA)
+        .arg("--repo")
+        .arg(repo)
+        .args(args)
+        .env("RUST_LOG", "off")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn ok(repo: &Path, args: &[&str]) -> String {
+    let (code, out, err) = strata(repo, args);
+    assert_eq!(code, 0, "strata {args:?}: {err}");
+    out
+}
+
+/// Every file under `root` but the lock, with its bytes.
+fn contents(root: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_owned()];
+    while let Some(dir) = stack.pop() {
+        for e in fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.file_name().unwrap() != "lock" {
+                out.insert(
+                    p.strip_prefix(root).unwrap().to_owned(),
+                    fs::read(&p).unwrap(),
+                );
+            }
+        }
+    }
+    out
+}
+
+fn same_files(a: &BTreeMap<PathBuf, Vec<u8>>, b: &BTreeMap<PathBuf, Vec<u8>>) -> Vec<PathBuf> {
+    a.keys()
+        .chain(b.keys())
+        .filter(|k| a.get(*k) != b.get(*k))
+        .cloned()
+        .collect()
+}
+
+fn pattern(seed: u8, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31) ^ seed | 1)
+        .collect()
+}
+
+/// Repro 2 of the durability issue: `cp catalog old; snapshot create;
+/// cp old catalog` used to delete the snapshot's layers and the live
+/// layer's later writes on the next command.
+#[test]
+fn a_catalog_older_than_its_layers_is_refused_and_nothing_is_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("r");
+    ok(&repo, &["init"]);
+    ok(
+        &repo,
+        &["disk", "create", "d", "--size", "1M", "--block-size", "4K"],
+    );
+    let img = dir.path().join("in.img");
+    fs::write(&img, pattern(1, 1 << 20)).unwrap();
+    ok(&repo, &["disk", "import", "e", img.to_str().unwrap()]);
+    ok(&repo, &["snapshot", "create", "e", "--name", "s1"]);
+    let old = fs::read(repo.join("catalog")).unwrap();
+    ok(&repo, &["snapshot", "create", "e", "--name", "s3"]);
+    let newest = fs::read(repo.join("catalog")).unwrap();
+    fs::write(repo.join("catalog"), &old).unwrap();
+    let before = contents(&repo);
+    for args in [&["disk", "list"][..], &["export", "e@s1", "/dev/null"]] {
+        let (code, _, err) = strata(&repo, args);
+        assert_eq!(code, 1, "{args:?}: {err}");
+        assert!(
+            err.contains("that the catalog has never handed out"),
+            "{err}"
+        );
+        assert!(err.contains(".data"), "the files are named: {err}");
+        assert!(err.contains("nothing was changed"), "{err}");
+        let changed = same_files(&before, &contents(&repo));
+        assert!(changed.is_empty(), "{args:?} changed {changed:?}");
+    }
+    // Putting the newest catalog back brings everything back.
+    fs::write(repo.join("catalog"), &newest).unwrap();
+    let out = dir.path().join("s3.img");
+    ok(&repo, &["export", "e@s3", out.to_str().unwrap()]);
+    assert_eq!(fs::read(&out).unwrap(), fs::read(&img).unwrap());
+    assert!(ok(&repo, &["snapshot", "list", "e"]).contains("s3"));
+}
+
+/// Another repository's catalog copied in is named as such.
+#[test]
+fn a_catalog_of_another_repository_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    for r in [&a, &b] {
+        ok(r, &["init"]);
+        ok(r, &["disk", "create", "d", "--size", "1M"]);
+    }
+    fs::copy(b.join("catalog"), a.join("catalog")).unwrap();
+    let before = contents(&a);
+    let (code, _, err) = strata(&a, &["disk", "list"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("catalog is damaged: it belongs to another repository"),
+        "{err}"
+    );
+    assert!(same_files(&before, &contents(&a)).is_empty());
+}
+
+#[test]
+fn files_nothing_names_are_set_aside_and_purged_only_on_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("r");
+    ok(&repo, &["init"]);
+    ok(&repo, &["disk", "create", "d", "--size", "1M"]);
+    fs::write(repo.join("layers/notes.txt"), "mine").unwrap();
+    // A layer file of an id the catalog handed out but does not name.
+    fs::write(repo.join("layers/0000000000000000.data"), "old").unwrap();
+    let (code, out, err) = strata(&repo, &["disk", "list"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("d "), "{out}");
+    assert!(
+        err.contains("strata: note: set aside 2 files that nothing in the catalog names"),
+        "{err}"
+    );
+    assert!(!repo.join("layers/notes.txt").exists());
+    let listed = ok(&repo, &["quarantine", "list"]);
+    assert!(
+        listed.contains("layers/notes.txt") && listed.contains("0000000000000000.data"),
+        "{listed}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(&repo, &["quarantine", "list", "--json"])).unwrap();
+    let kept = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["path"].as_str().unwrap().ends_with("notes.txt"))
+        .unwrap();
+    assert_eq!(
+        fs::read_to_string(repo.join(kept["path"].as_str().unwrap())).unwrap(),
+        "mine",
+        "set aside, not changed"
+    );
+    // Nothing is deleted until asked.
+    ok(&repo, &["disk", "list"]);
+    assert!(repo.join(kept["path"].as_str().unwrap()).exists());
+    assert!(ok(&repo, &["quarantine", "purge"]).contains("deleted 2 files"));
+    assert!(ok(&repo, &["quarantine", "list"]).contains("nothing is set aside"));
+    assert!(!repo.join("quarantine").exists());
+}
+
+fn name(s: &str) -> DiskName {
+    DiskName::parse(s).unwrap()
+}
+
+fn read_all(img: &dyn ImageRead) -> Vec<u8> {
+    let mut buf = vec![0u8; img.size() as usize];
+    img.read_at(0, &mut buf).unwrap();
+    buf
+}
+
+/// Repro 3: one flipped bit in a journal's first record used to make the
+/// whole journal a torn tail, and four fsync'ed writes were punched out.
+/// Now every single byte of the journal may be flipped: the disk reads the
+/// same, nothing is punched, and the journal is mended.
+#[test]
+fn any_one_flipped_byte_of_a_journal_costs_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("r");
+    let mut want = vec![0u8; 1 << 20];
+    {
+        let repo = Repository::init(&root).unwrap();
+        repo.create_disk(&name("d"), 1 << 20, 4096).unwrap();
+        let d = repo.disk(&name("d")).unwrap();
+        for (i, at) in [0u64, 70_000, 300_000, 1_000_000].into_iter().enumerate() {
+            let data = pattern(i as u8 + 1, 20_000.min((1 << 20) - at as usize));
+            d.write_at(at, &data).unwrap();
+            want[at as usize..at as usize + data.len()].copy_from_slice(&data);
+            d.flush().unwrap();
+        }
+    }
+    let log = root.join("layers/0000000000000001.log");
+    let data = root.join("layers/0000000000000001.data");
+    let good_log = fs::read(&log).unwrap();
+    let good_data = fs::read(&data).unwrap();
+    assert!(
+        good_log.len() >= 1024 + 4 * 1024,
+        "four records of two copies"
+    );
+    for at in 0..good_log.len() {
+        let mut bad = good_log.clone();
+        bad[at] ^= 0x08;
+        fs::write(&log, &bad).unwrap();
+        {
+            let repo = Repository::open(&root).unwrap();
+            let d = repo.disk(&name("d")).unwrap();
+            assert!(
+                read_all(d.as_ref()) == want,
+                "byte {at} flipped: the disk reads differently"
+            );
+        }
+        assert!(
+            fs::read(&data).unwrap() == good_data,
+            "byte {at} flipped: data was punched"
+        );
+        assert!(
+            fs::read(&log).unwrap() == good_log,
+            "byte {at} flipped: not mended"
+        );
+    }
+}
+
+/// Repro 5: after a failed fsync, a later fsync used to succeed. Now the
+/// disk is latched until the repository is opened again, which brings back
+/// every write acknowledged before the failure.
+#[test]
+fn a_failed_fsync_latches_the_disk_until_it_is_opened_again() {
+    let sim = SimStorage::new(&[Path::new("/sim")]);
+    let faulty = FaultyStorage::new(Arc::new(sim.clone()));
+    let root = Path::new("/sim/r");
+    let repo = Repository::init_in(Arc::new(faulty.clone()), root).unwrap();
+    repo.create_disk(&name("d"), 1 << 20, 4096).unwrap();
+    let d = repo.disk(&name("d")).unwrap();
+    d.write_at(0, &pattern(1, 8192)).unwrap();
+    d.flush().unwrap();
+    d.write_at(65536, &pattern(2, 8192)).unwrap();
+    faulty.fail(&[Op::Sync], 1, libc::EIO, false);
+    let e = d.flush().unwrap_err();
+    assert!(e.to_string().contains("Input/output error"), "{e}");
+    assert_eq!(faulty.fired(), 1);
+    // The fault is gone; the latch is not.
+    for e in [
+        d.flush().unwrap_err(),
+        d.write_at(0, b"x").unwrap_err(),
+        d.discard(0, 4096).unwrap_err(),
+        repo.snapshot(&name("d"), None).unwrap_err(),
+    ] {
+        assert!(matches!(e, StoreError::Latched { .. }), "{e}");
+        assert_eq!(e.errno(), libc::EIO);
+        assert!(e.to_string().contains("Open the repository again"), "{e}");
+    }
+    assert_eq!(
+        faulty.fired(),
+        1,
+        "nothing touched the device after the latch"
+    );
+    drop(d);
+    drop(repo);
+    // Power cut, nothing unsynced kept: the acknowledged write is there.
+    let mut replay = sim.replay();
+    replay.advance_to(sim.position());
+    let state = replay.crash(7, 0);
+    let repo = Repository::open_in(Arc::new(state), root).unwrap();
+    let d = repo.disk(&name("d")).unwrap();
+    let got = read_all(d.as_ref());
+    assert_eq!(&got[..8192], &pattern(1, 8192)[..]);
+    d.write_at(4096, b"after").unwrap();
+    d.flush().unwrap();
+}
+
+/// Repro 1, in the store: an append that fails with ENOSPC after writing
+/// part of its record is cut back out, so no later record can follow
+/// garbage; the disk is latched; reopened, everything acknowledged is there
+/// and the journal takes records again.
+#[test]
+fn a_journal_append_torn_by_enospc_is_taken_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("r");
+    let faulty = FaultyStorage::new(Arc::new(LocalStorage));
+    let storage: Arc<dyn Storage> = Arc::new(faulty.clone());
+    let log = root.join("layers/0000000000000001.log");
+    {
+        let repo = Repository::init_in(storage.clone(), &root).unwrap();
+        repo.create_disk(&name("f1"), 1 << 30, 16384).unwrap();
+        let d = repo.disk(&name("f1")).unwrap();
+        d.write_at(100 << 20, &pattern(3, 1 << 20)).unwrap();
+        d.flush().unwrap();
+        // Zeros to every other block: a journal record of many extents.
+        for b in (20_000u64..40_000).step_by(2) {
+            d.write_at(b * 16384, &[0u8; 16384]).unwrap();
+        }
+        let before = fs::metadata(&log).unwrap().len();
+        // The data sync passes; the journal append is the next write and
+        // fails part-way (the injector writes half of it first).
+        faulty.fail(&[Op::Write], 1, libc::ENOSPC, false);
+        let e = d.flush().unwrap_err();
+        assert!(e.to_string().contains("No space left on device"), "{e}");
+        assert_eq!(faulty.fired(), 1);
+        assert_eq!(
+            fs::metadata(&log).unwrap().len(),
+            before,
+            "the torn record was not taken back"
+        );
+        faulty.disarm();
+        let e = d.write_at(900 << 20, &pattern(4, 4 << 20)).unwrap_err();
+        assert!(matches!(e, StoreError::Latched { .. }), "{e}");
+        assert!(matches!(d.flush().unwrap_err(), StoreError::Latched { .. }));
+    }
+    let repo = Repository::open(&root).unwrap();
+    let d = repo.disk(&name("f1")).unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    d.read_at(100 << 20, &mut buf).unwrap();
+    assert!(buf == pattern(3, 1 << 20), "the fsync'ed write is gone");
+    d.write_at(900 << 20, &pattern(5, 4 << 20)).unwrap();
+    d.flush().unwrap();
+    drop(d);
+    drop(repo);
+    let repo = Repository::open(&root).unwrap();
+    let d = repo.disk(&name("f1")).unwrap();
+    let mut buf = vec![0u8; 4 << 20];
+    d.read_at(900 << 20, &mut buf).unwrap();
+    assert!(buf == pattern(5, 4 << 20));
+    let snap = repo.snapshot(&name("f1"), Some(SnapName::parse("after").unwrap()));
+    assert!(snap.is_ok(), "{snap:?}");
+}
