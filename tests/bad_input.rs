@@ -213,20 +213,21 @@ fn one_damaged_copy_of_any_metadata_costs_nothing() {
     let cases: Vec<(&str, usize)> = vec![
         ("catalog", 3),
         ("catalog", 20),
-        ("catalog", 40),
+        ("catalog", 32),
         ("catalog", header_copy1("catalog") + 40),
         ("catalog", 2 * header_copy1("catalog") + 40), // the checkpoint record, copy 0
         ("strata.repo", 0),
-        ("strata.repo", 33),
-        ("strata.repo", header_copy1("strata.repo") + 33),
-        (IDX, 35),
-        (IDX, header_copy1(IDX) + 35),
+        ("strata.repo", 32),
+        ("strata.repo", header_copy1("strata.repo") + 32),
+        (IDX, 32),
+        (IDX, header_copy1(IDX) + 32),
         (LOG, 2),
         (LOG, 49),
-        (LOG, 2 * header_copy1(LOG) + 33), // record 1, copy 0, payload
+        (LOG, 2 * header_copy1(LOG) + 32), // record 1, copy 0, payload
         (LOG, 2 * header_copy1(LOG) + 12), // record 1, copy 0, sequence number
-        (LOG, 2 * header_copy1(LOG) + 512 + 33), // record 1, copy 1
-        (LOG, 2 * header_copy1(LOG) + 1024 + 33), // record 2, the last, copy 0
+        (LOG, 2 * header_copy1(LOG) + 512 + 32), // record 1, copy 1
+        (LOG, 2 * header_copy1(LOG) + 1024 + 32), // record 2, copy 0
+        (LOG, 3 * 1024 + 32),              // record 3, the last, copy 0
         (LOG, 2 * header_copy1(LOG) + 1536 + 16), // record 2, copy 1, length
     ];
     for (file, at) in cases {
@@ -246,9 +247,10 @@ fn one_damaged_copy_of_any_metadata_costs_nothing() {
 
 #[test]
 fn metadata_damaged_beyond_repair_is_named_and_left_alone() {
+    // Byte 32 is the first byte of the payload, whatever its length.
     damaged(
         "catalog",
-        flip_both(40),
+        flip_both(32),
         &["disk", "list"],
         "catalog is damaged: payload checksum mismatch at offset 0, and no good second copy",
     );
@@ -272,7 +274,7 @@ fn metadata_damaged_beyond_repair_is_named_and_left_alone() {
     );
     damaged(
         IDX,
-        flip_both(35),
+        flip_both(32),
         &["export", "vm@s1", "/dev/null"],
         "0000000000000001.idx is damaged: payload checksum mismatch at offset 0",
     );
@@ -281,8 +283,8 @@ fn metadata_damaged_beyond_repair_is_named_and_left_alone() {
         LOG,
         |b| {
             let first = 2 * second_copy(b);
-            b[first + 33] ^= 1;
-            b[first + 512 + 33] ^= 1;
+            b[first + 32] ^= 1;
+            b[first + 512 + 32] ^= 1;
         },
         &["export", "vm", "/dev/null"],
         "0000000000000002.log is damaged: record 1 at offset 1024 is damaged in both copies, \

@@ -150,6 +150,16 @@ fn run(geometry: usize, ops: Vec<Op>) {
                 &format!("{r} after step {step}"),
                 step as u64 * 7919,
             );
+            // A snapshot the kernel would read straight from one layer file
+            // (FUSE passthrough) must read the same from it.
+            if let Some(file) = img.flat_file() {
+                let mut got = std::fs::read(&file).unwrap();
+                got.resize(image.len(), 0);
+                assert!(
+                    got == *image,
+                    "{r} after step {step}: its flat file differs"
+                );
+            }
         }
     }
     // A snapshot stores at most its own blocks, plus the host file system's

@@ -339,3 +339,154 @@ fn a_journal_append_torn_by_enospc_is_taken_back() {
     let snap = repo.snapshot(&name("f1"), Some(SnapName::parse("after").unwrap()));
     assert!(snap.is_ok(), "{snap:?}");
 }
+
+/// Snapshots of one disk taken at once, while it is written and flushed,
+/// each get their own point in the chain: the repository opens again, and
+/// every snapshot reads back (finding of a review: two snapshots used to
+/// race for one live layer, and the repository no longer opened).
+#[test]
+fn snapshots_taken_at_once_keep_a_valid_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("r");
+    let repo = Arc::new(Repository::init(&root).unwrap());
+    repo.create_disk(&name("d"), 4 << 20, 4096).unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (repo, stop) = (repo.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let d = repo.disk(&name("d")).unwrap();
+            let mut i = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                d.write_at(
+                    (i * 12_345) % (4 << 20) / 512 * 512,
+                    &pattern(i as u8, 3000),
+                )
+                .unwrap();
+                if i % 7 == 0 {
+                    d.flush().unwrap();
+                }
+                i += 1;
+            }
+        })
+    };
+    let takers: Vec<_> = (0..3)
+        .map(|t| {
+            let repo = repo.clone();
+            std::thread::spawn(move || {
+                for i in 0..15 {
+                    // Default names collide within a second: each must get
+                    // a name of its own.
+                    let n = (i % 2 == 0).then(|| SnapName::parse(&format!("t{t}-{i}")).unwrap());
+                    repo.snapshot(&name("d"), n).unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in takers {
+        t.join().unwrap();
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
+    let snaps = repo.snapshots(&name("d")).unwrap();
+    assert_eq!(snaps.len(), 45);
+    let images: Vec<Vec<u8>> = snaps
+        .iter()
+        .map(|s| {
+            let r = strata::store::SnapshotRef::parse(&format!("d@{}", s.name)).unwrap();
+            read_all(&repo.open_snapshot(&r).unwrap())
+        })
+        .collect();
+    drop(repo);
+    let repo = Repository::open(&root).unwrap();
+    for (s, want) in repo.snapshots(&name("d")).unwrap().iter().zip(&images) {
+        let r = strata::store::SnapshotRef::parse(&format!("d@{}", s.name)).unwrap();
+        assert!(
+            read_all(&repo.open_snapshot(&r).unwrap()) == *want,
+            "{r} changed on reopen"
+        );
+    }
+}
+
+/// A catalog restored from a copy taken while a snapshot was half done
+/// still names that snapshot's intent. The new layer's journal says the
+/// snapshot committed, so opening refuses instead of removing the live
+/// layer as the files of an operation that never committed.
+#[test]
+fn a_catalog_copied_in_the_middle_of_a_snapshot_is_refused() {
+    let sim = SimStorage::new(&[Path::new("/sim")]);
+    let root = Path::new("/sim/r");
+    let storage: Arc<dyn Storage> = Arc::new(sim.clone());
+    let repo = Repository::init_in(storage.clone(), root).unwrap();
+    repo.create_disk(&name("d"), 1 << 20, 4096).unwrap();
+    let d = repo.disk(&name("d")).unwrap();
+    d.write_at(0, &pattern(1, 10_000)).unwrap();
+    d.flush().unwrap();
+    let before = sim.position();
+    repo.snapshot(&name("d"), Some(SnapName::parse("s").unwrap()))
+        .unwrap();
+    let after = sim.position();
+    d.write_at(500_000, &pattern(2, 10_000)).unwrap();
+    d.flush().unwrap();
+    drop(d);
+    drop(repo);
+    // The catalog (and the old layer's journal, which the snapshot removes
+    // once committed) as they were mid-snapshot, with its intent open.
+    let catalog = root.join("catalog");
+    let log1 = root.join("layers/0000000000000001.log");
+    let mut replay = sim.replay();
+    let mut stale = None;
+    for at in replay
+        .barriers()
+        .into_iter()
+        .filter(|&b| b > before && b < after)
+    {
+        replay.advance_to(at);
+        let state = replay.crash(0, 100);
+        let bytes = state.read(&catalog).unwrap();
+        if String::from_utf8_lossy(&bytes).contains("snapshot d@s")
+            && state
+                .read(&root.join("layers/0000000000000001.idx"))
+                .is_err()
+        {
+            stale = Some((bytes, state.read(&log1).unwrap()));
+            break;
+        }
+    }
+    let (stale_catalog, old_log) = stale.expect("a point with the intent open");
+    let put = |path: &Path, bytes: &[u8]| {
+        if storage.kind(path).unwrap().is_none() {
+            storage.create_new(path).unwrap();
+        }
+        let f = storage.open(path, true).unwrap();
+        f.set_len(0).unwrap();
+        f.write_all_at(bytes, 0).unwrap();
+    };
+    put(&catalog, &stale_catalog);
+    put(&log1, &old_log);
+    let files = |s: &dyn Storage| {
+        let mut v: Vec<(String, Vec<u8>)> = s
+            .read_dir(&root.join("layers"))
+            .unwrap()
+            .into_iter()
+            .map(|n| {
+                let b = s.read(&root.join("layers").join(&n)).unwrap();
+                (n, b)
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let before_open = files(storage.as_ref());
+    let e = Repository::open_in(storage.clone(), root)
+        .err()
+        .expect("refused");
+    assert!(
+        e.to_string()
+            .contains("whose layer journals say it committed"),
+        "{e}"
+    );
+    assert!(
+        files(storage.as_ref()) == before_open,
+        "opening changed the layers"
+    );
+}

@@ -3,13 +3,16 @@
 //!
 //! # Locks
 //!
-//! `journal` serializes flushes and freezes, so journal records are
-//! appended in the order their changes happened. `writer` serializes
+//! `snapshots` serializes the snapshots of the disk, whole, so two of them
+//! never race for one live layer. `journal` serializes flushes, data syncs
+//! and freezes, so journal records are appended in the order their changes
+//! happened, and an fsync error is seen by the one sync that latches on it
+//! (the kernel reports a write-back error once per open file). `writer` serializes
 //! everything that changes the live layer (writes, discards, taking the
 //! changes a flush will journal, freezing). `state` is held for reading by
 //! readers and by the writer while it works, and for writing only for the
-//! instant the present map or the layer itself changes. Order: `journal`,
-//! then `writer`, then `state`, then any repository lock.
+//! instant the present map or the layer itself changes. Order: `snapshots`,
+//! `journal`, `writer`, `state`, then any repository lock.
 //!
 //! A flush holds `writer` only to take the changes it will journal; the
 //! fdatasync that makes their data durable runs without it, so writers do
@@ -30,6 +33,7 @@ use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
 
+use super::catalog::CommitError;
 use super::error::{Result, StoreError};
 use super::extents::{BlockKind, OwnerMap};
 use super::image::{self, ImageRead, Layout, Piece};
@@ -48,6 +52,7 @@ pub struct Disk {
     name: DiskName,
     geo: Geometry,
     files: Arc<LayerFiles>,
+    snapshots: Mutex<()>,
     journal: Mutex<Journal>,
     writer: Mutex<()>,
     pub(crate) state: RwLock<DiskState>,
@@ -73,6 +78,7 @@ impl Disk {
             name,
             geo: live.geo,
             files,
+            snapshots: Mutex::new(()),
             journal: Mutex::new(journal),
             writer: Mutex::new(()),
             state: RwLock::new(DiskState { live, base }),
@@ -98,6 +104,11 @@ impl Disk {
                 len,
                 size: self.geo.size,
             })
+    }
+
+    /// Held for the whole of a snapshot of this disk.
+    pub(crate) fn lock_snapshots(&self) -> parking_lot::MutexGuard<'_, ()> {
+        self.snapshots.lock()
     }
 
     /// Fails if the disk is latched (see the module doc).
@@ -223,6 +234,7 @@ impl Disk {
     /// Syncs the live layer's data without holding up writers: the bulk of
     /// what a snapshot must make durable, done before it takes the locks.
     pub(crate) fn sync_data(&self) -> Result<()> {
+        let _j = self.journal.lock();
         self.check_latch()?;
         let (data, path) = {
             let st = self.state.read();
@@ -232,21 +244,24 @@ impl Disk {
             .map_err(|e| self.latch(StoreError::io(&path)(e)))
     }
 
-    /// Freezes the live layer in place and makes `fresh` the new live layer.
-    /// Holds writers off only for the critical section: the sync of what
-    /// was written since [`Disk::sync_data`], writing the index (with
-    /// `write_index`), and the catalog commit (`commit`). If either fails,
-    /// nothing changes in memory and the caller removes what it made.
+    /// Freezes the live layer, which must be `expect`, in place and makes
+    /// `fresh` the new live layer. Holds writers off only for the critical
+    /// section: the sync of what was written since [`Disk::sync_data`],
+    /// writing the index (with `write_index`), and the catalog commit
+    /// (`commit`). If either fails, nothing changes in memory and the caller
+    /// removes what it made; if the commit's outcome is unknown, the disk is
+    /// latched before any writer can go on.
     pub(crate) fn freeze(
         &self,
+        expect: LayerId,
         fresh: LiveLayer,
         fresh_journal: Journal,
         write_index: impl FnOnce(LayerId, &FrozenIndex) -> Result<()>,
-        commit: impl FnOnce(LayerId, &FrozenIndex, u64) -> Result<()>,
-    ) -> Result<Frozen> {
+        commit: impl FnOnce(LayerId, &FrozenIndex, u64) -> Result<(), CommitError>,
+    ) -> Result<Frozen, CommitError> {
         let mut journal = self.journal.lock();
         let _w = self.writer.lock();
-        self.check_latch()?;
+        self.check_latch().map_err(CommitError::NotWritten)?;
         let (id, data, path, index) = {
             let st = self.state.read();
             (
@@ -256,21 +271,40 @@ impl Disk {
                 FrozenIndex::from_present(&st.live.present),
             )
         };
+        if id != expect {
+            return Err(CommitError::NotWritten(StoreError::invalid(
+                "snapshot",
+                format!(
+                    "disk '{}' changed its live layer under the snapshot",
+                    self.name
+                ),
+            )));
+        }
         data.sync_data()
-            .map_err(|e| self.latch(StoreError::io(&path)(e)))?;
-        write_index(id, &index)?;
-        let stored = data.allocated_bytes().map_err(StoreError::io(&path))?;
-        commit(id, &index, stored)?;
+            .map_err(|e| CommitError::NotWritten(self.latch(StoreError::io(&path)(e))))?;
+        write_index(id, &index).map_err(CommitError::NotWritten)?;
+        let stored = data
+            .allocated_bytes()
+            .map_err(|e| CommitError::NotWritten(StoreError::io(&path)(e)))?;
+        if let Err(e) = commit(id, &index, stored) {
+            if let CommitError::Unknown(inner) = &e {
+                // The catalog may name the frozen layer or not: writes can
+                // go to neither layer until a reopen settles it.
+                self.latch_for(inner);
+            }
+            return Err(e);
+        }
         let mut st = self.state.write();
-        for r in index.data.runs() {
-            st.base.paint(r, id);
-        }
-        for r in index.zero.runs() {
-            st.base.clear(r);
-        }
+        st.base.cover(id, &index.data, &index.zero);
         st.live = fresh;
         *journal = fresh_journal;
         Ok(Frozen { layer: id, index })
+    }
+
+    /// Appends the journal's "committed" record (see [`Journal::mark_committed`]).
+    pub(crate) fn mark_committed(&self) -> Result<()> {
+        let mut journal = self.journal.lock();
+        journal.mark_committed().map_err(|e| self.latch(e))
     }
 
     fn io_err(&self, offset: u64, source: std::io::Error) -> StoreError {
@@ -405,8 +439,8 @@ impl Layout for BaseLayout<'_> {
                 Ok((
                     r,
                     match owner {
-                        Some(l) => Piece::Data(self.files.get(l)?),
-                        None => Piece::Zero,
+                        Some(o) if !o.zero => Piece::Data(self.files.get(o.layer)?),
+                        _ => Piece::Zero,
                     },
                 ))
             })

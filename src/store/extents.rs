@@ -265,10 +265,39 @@ impl<V: Copy + Eq> RunMap<V> {
     }
 }
 
-/// Block → layer holding the block's newest copy. Blocks in no run belong to
-/// no layer, or to a layer that holds them as zeros: either way they read as
-/// zeros without touching a file.
-pub type OwnerMap = RunMap<LayerId>;
+/// Who holds a block's newest copy in a chain: a layer, as data or as zeros.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Owner {
+    pub layer: LayerId,
+    /// The layer holds the block as zeros (reads touch no file).
+    pub zero: bool,
+}
+
+/// Block → who holds its newest copy. Blocks in no run were never written
+/// by any layer of the chain and read as zeros.
+pub type OwnerMap = RunMap<Owner>;
+
+impl OwnerMap {
+    /// Makes `layer` the owner of its data and zero blocks, over the layers
+    /// below: how a newer layer covers the ones below it.
+    pub fn cover(&mut self, layer: LayerId, data: &ExtentSet, zero: &ExtentSet) {
+        for r in data.runs() {
+            self.paint(r, Owner { layer, zero: false });
+        }
+        for r in zero.runs() {
+            self.paint(r, Owner { layer, zero: true });
+        }
+    }
+
+    /// The one layer that holds every block anyone holds, if there is one.
+    /// Its data file read as it is then equals the image: its zero blocks
+    /// and the blocks it does not hold are holes in it (see the format).
+    pub fn sole_layer(&self) -> Option<LayerId> {
+        let mut layers = self.runs().map(|(_, o)| o.layer);
+        let first = layers.next()?;
+        layers.all(|l| l == first).then_some(first)
+    }
+}
 
 /// What a layer holds for one of its present blocks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -320,7 +349,7 @@ mod tests {
 
         #[test]
         fn run_map_matches_an_array(ops in prop::collection::vec((0u64..200, 1u64..30, 0u64..6), 0..60)) {
-            let mut m = OwnerMap::new();
+            let mut m = RunMap::<LayerId>::new();
             let mut model = [None; 240];
             for (a, n, l) in ops {
                 // Value 5 stands for clearing the range.

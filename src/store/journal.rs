@@ -98,7 +98,10 @@ impl Journal {
         }
         let mut present = PresentMap::new();
         for (i, r) in log.records.iter().enumerate() {
-            let JournalRecord::Present { data, zero } = format::decode(&path, r)?;
+            let (data, zero) = match format::decode(&path, r)? {
+                JournalRecord::Present { data, zero } => (data, zero),
+                JournalRecord::Committed => continue,
+            };
             for (kind, extents) in [(BlockKind::Data, data), (BlockKind::Zero, zero)] {
                 for (first, count) in extents {
                     let end = first
@@ -151,7 +154,16 @@ impl Journal {
     /// was before if the torn record could be taken back out; the caller
     /// latches the disk either way.
     pub fn append(&mut self, changes: &PresentMap) -> Result<()> {
-        let bytes = format::record_bytes(self.next_seq, &Self::record(changes));
+        self.append_record(&Self::record(changes))
+    }
+
+    /// Records that the operation creating this layer has committed.
+    pub fn mark_committed(&mut self) -> Result<()> {
+        self.append_record(&format::encode(&JournalRecord::Committed))
+    }
+
+    fn append_record(&mut self, payload: &[u8]) -> Result<()> {
+        let bytes = format::record_bytes(self.next_seq, payload);
         if let Err(e) = self.file.write_all_at(&bytes, self.end) {
             let _ = self
                 .file
@@ -165,6 +177,20 @@ impl Journal {
         Ok(())
     }
 
+    /// Whether a journal's bytes hold a `Committed` record (recovery asks
+    /// before removing a layer an unfinished intent names).
+    pub fn holds_committed(path: &std::path::Path, bytes: &[u8]) -> bool {
+        let Ok(log) = format::parse_log(path, MAGIC_LOG, bytes) else {
+            return false;
+        };
+        log.records.iter().any(|r| {
+            matches!(
+                format::decode::<JournalRecord>(path, r),
+                Ok(JournalRecord::Committed)
+            )
+        })
+    }
+
     /// Whether the journal has grown well past a single record of `present`.
     pub fn wants_rewrite(&self, present: &PresentMap) -> bool {
         let full = 1024 + 24 * present.len() as u64;
@@ -175,14 +201,15 @@ impl Journal {
     /// block of which must be durable).
     pub fn rewrite(&mut self, present: &PresentMap) -> Result<()> {
         let header = Self::header(&self.files, self.id, self.geo);
-        let bytes = format::log_bytes(MAGIC_LOG, &header, &[Self::record(present)]);
+        let committed = format::encode(&JournalRecord::Committed);
+        let bytes = format::log_bytes(MAGIC_LOG, &header, &[Self::record(present), committed]);
         let storage = self.files.storage();
         format::write_atomic(storage, &self.files.paths().tmp, &self.path, &bytes)?;
         self.file = storage
             .open(&self.path, true)
             .map_err(StoreError::io(&self.path))?;
         self.end = bytes.len() as u64;
-        self.next_seq = 2;
+        self.next_seq = 3;
         Ok(())
     }
 }

@@ -453,11 +453,19 @@ impl Repository {
             .map_err(CommitError::into_inner)
     }
 
-    /// Undoes a failed operation: removes the files its intent lists (none
-    /// of which the catalog names) and drops the intent. Best effort: what
+    /// Undoes a failed operation: removes the files its intent lists that
+    /// the catalog does not name, and drops the intent. Best effort: what
     /// fails here is done by the next open.
     fn abandon(&self, intent: u64, files: &[(LayerId, LayerFileKind)]) {
-        for &(id, kind) in files {
+        let named: std::collections::BTreeSet<_> = self
+            .inner
+            .catalog
+            .lock()
+            .cat
+            .expected_files()
+            .into_iter()
+            .collect();
+        for &(id, kind) in files.iter().filter(|f| !named.contains(f)) {
             let p = self.inner.paths.file(id, kind);
             match self.inner.storage.remove_file(&p) {
                 Ok(()) => {}
@@ -509,12 +517,15 @@ impl Repository {
             if !changes.is_empty() {
                 journal.append(&changes)?;
             }
-            Ok(())
+            Ok(journal)
         })();
-        if let Err(e) = prepared {
-            self.abandon(intent, &made);
-            return Err(e);
-        }
+        let mut journal = match prepared {
+            Ok(j) => j,
+            Err(e) => {
+                self.abandon(intent, &made);
+                return Err(e);
+            }
+        };
         let committed = self.commit(|cat| {
             if cat.disks.contains_key(name) {
                 return Err(StoreError::DiskExists(name.clone()));
@@ -541,7 +552,13 @@ impl Repository {
             Ok(())
         });
         match committed {
-            Ok(()) => self.disk_info(name),
+            Ok(()) => {
+                if let Err(e) = journal.mark_committed() {
+                    log::warn!("disk {name} is created, but its journal could not say so: {e}");
+                }
+                drop(journal);
+                self.disk_info(name)
+            }
             Err(CommitError::NotWritten(e)) => {
                 self.abandon(intent, &made);
                 Err(e)
@@ -602,7 +619,8 @@ impl Repository {
                 .sum();
             (rec, bytes, snaps.len() as u64)
         };
-        let live = match self.inner.disks.lock().get(name) {
+        let open = self.inner.disks.lock().get(name).cloned();
+        let live = match open {
             Some(d) => d.live_stored_bytes()?,
             None => {
                 let p = self.inner.paths.data(rec.live);
@@ -679,12 +697,7 @@ impl Repository {
         }
         for &id in chain[..start].iter().rev() {
             let idx = layer::read_index(&self.inner.files, id, geo)?;
-            for r in idx.data.runs() {
-                map.paint(r, id);
-            }
-            for r in idx.zero.runs() {
-                map.clear(r);
-            }
+            map.cover(id, &idx.data, &idx.zero);
         }
         let map = Arc::new(map);
         self.inner.maps.lock().put(top, map.clone());
@@ -698,6 +711,7 @@ impl Repository {
     /// and the checksums are computed after.
     pub fn snapshot(&self, disk_name: &DiskName, name: Option<SnapName>) -> Result<SnapshotInfo> {
         let disk = self.disk(disk_name)?;
+        let _one_at_a_time = disk.lock_snapshots();
         let taken = now_ns();
         let name = match name {
             Some(n) => {
@@ -749,8 +763,8 @@ impl Repository {
             disk: disk_name.clone(),
             snap: name.clone(),
         };
-        let mut unknown = false;
         let frozen = disk.freeze(
+            old,
             fresh,
             fresh_journal,
             |id, idx| {
@@ -758,7 +772,7 @@ impl Repository {
                 format::sync_dir(files.storage(), &files.paths().dir)
             },
             |id, idx, stored_bytes| {
-                let committed = self.commit(|cat| {
+                self.commit(|cat| {
                     if cat.disks.get(disk_name).map(|d| d.live) != Some(id) {
                         return Err(StoreError::NoSuchDisk(disk_name.clone()));
                     }
@@ -799,28 +813,24 @@ impl Repository {
                     );
                     cat.intents.remove(&intent);
                     Ok(())
-                });
-                committed.map_err(|e| {
-                    unknown = matches!(e, CommitError::Unknown(_));
-                    e.into_inner()
                 })
             },
         );
         let frozen = match frozen {
             Ok(f) => f,
-            Err(e) => {
-                if unknown {
-                    // The catalog may name the frozen layer or not: writes
-                    // can go to neither layer until a reopen settles it.
-                    disk.latch_for(&e);
-                } else {
-                    self.abandon(intent, &made);
-                }
+            Err(CommitError::NotWritten(e)) => {
+                self.abandon(intent, &made);
                 return Err(e);
             }
+            Err(CommitError::Unknown(e)) => return Err(e),
         };
-        // Committed. What follows only tidies up and adds checksums; a
-        // failure is logged, and the next open or `verify` finishes it.
+        // Committed. What follows tells the new layer's journal so, tidies
+        // up and adds checksums; a failure latches the disk (the journal)
+        // or is logged, and the next open or `verify` finishes the rest.
+        if let Err(e) = disk.mark_committed() {
+            // The snapshot stands; the disk is latched (the append failed).
+            log::error!("snapshot {snap_ref} is taken, but its new layer's journal failed: {e}");
+        }
         let _ = self
             .inner
             .storage

@@ -8,6 +8,7 @@
 //! | named by the catalog but missing | refuses to open, naming it; changes nothing |
 //! | the `.log` of a layer the catalog says is frozen | removes it (its index holds its blocks) |
 //! | listed by an open intent, not named by the catalog | removes it (its operation never committed) |
+//! | the same, but a journal holding `Committed` | refuses to open (the catalog is older than its layers); changes nothing |
 //! | a layer id the catalog has not handed out yet | refuses to open (the catalog is older than its layers); changes nothing |
 //! | anything else | moves it to `quarantine/<time>/` and says so |
 //!
@@ -22,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use super::catalog::Catalog;
 use super::error::{Result, StoreError};
 use super::format::{self, LayerFileKind};
+use super::journal::Journal;
 use super::layer::{parse_file_name, LayerPaths};
 use super::names::LayerId;
 use super::storage::{EntryKind, Storage};
@@ -56,6 +58,7 @@ pub fn reconcile(
     let mut remove = Vec::new();
     let mut unknown = Vec::new();
     let mut newer = Vec::new();
+    let mut committed = Vec::new();
     for name in names {
         let Some((id, kind)) = parse_file_name(&name) else {
             unknown.push(name);
@@ -66,7 +69,20 @@ pub fn reconcile(
         if expected.contains(&(id, kind)) {
             continue;
         }
-        if intended.contains(&(id, kind)) || (kind == LayerFileKind::Log && frozen == Some(true)) {
+        if intended.contains(&(id, kind)) {
+            // Its journal says the operation did commit: the catalog is
+            // older than the layers, and the intent is stale.
+            let p = paths.dir.join(&name);
+            if kind == LayerFileKind::Log
+                && storage
+                    .read(&p)
+                    .is_ok_and(|b| Journal::holds_committed(&p, &b))
+            {
+                committed.push(name);
+            } else {
+                remove.push(name);
+            }
+        } else if kind == LayerFileKind::Log && frozen == Some(true) {
             remove.push(name);
         } else if id.0 >= cat.next_layer {
             newer.push(name);
@@ -79,6 +95,18 @@ pub fn reconcile(
         .filter(|f| !present.contains(f))
         .map(|&(id, kind)| paths.file(id, kind))
         .collect();
+    if !committed.is_empty() {
+        return Err(StoreError::Inconsistent {
+            root: root.to_owned(),
+            what: format!(
+                "the catalog has an unfinished operation whose layer journals say it committed ({})",
+                list(&committed)
+            ),
+            hint: "The catalog is older than the layers, as if it was restored from a backup \
+                   taken while the repository was in use. Put back the newest catalog."
+                .into(),
+        });
+    }
     if !newer.is_empty() {
         return Err(StoreError::Inconsistent {
             root: root.to_owned(),

@@ -41,7 +41,7 @@ impl Snapshot {
     /// as zero, see [`super::format`]): a file the kernel can serve directly
     /// (FUSE passthrough).
     pub fn flat_file(&self) -> Option<std::path::PathBuf> {
-        let layer = self.map.sole_value()?;
+        let layer = self.map.sole_layer()?;
         self.files.local_path(layer)
     }
 

@@ -479,6 +479,13 @@ pub fn run_on(
             }
         };
         if let (Err(e), Some(d)) = (&result, op.disk()) {
+            // A failure that latched the disk (a snapshot's sync, say) must
+            // keep every later flush from succeeding too.
+            let latched = latched
+                || repo
+                    .as_ref()
+                    .and_then(|r| r.disk(&name(d)).ok())
+                    .is_some_and(|d| d.is_latched());
             if latched && is_io(e) && !failed_disks.iter().any(|f| f == d) {
                 failed_disks.push(d.to_string());
             }

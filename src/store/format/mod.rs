@@ -109,8 +109,10 @@
 //!   is frozen, and rewritten with them once they have been computed.
 //! - `layers/<id>.log`: header [`LogHeader`]; records [`JournalRecord`]. The
 //!   live layer's present blocks are the `data` and `zero` extents of all
-//!   records applied in order (a later record's kind wins). A journal that
-//!   outgrows its content is rewritten atomically as one record.
+//!   `Present` records applied in order (a later record's kind wins). A
+//!   `Committed` record is appended once the operation that created the
+//!   layer has committed. A journal that outgrows its content is rewritten
+//!   atomically as one `Present` record and a `Committed` one.
 //!
 //! # Layer data
 //!
@@ -130,9 +132,12 @@
 //!
 //! An operation that creates layer files first commits an **intent** to the
 //! catalog: the files it may create, as (layer id, kind). Its final commit
-//! names the files it made and drops the intent in the same record. On
-//! open, a file the catalog does not name is removed only if an open intent
-//! lists it (the operation never committed); the `.log` of a layer the
+//! names the files it made and drops the intent in the same record, and then
+//! a `Committed` record goes into the new live layer's journal. On open, a
+//! file the catalog does not name is removed only if an open intent lists
+//! it (the operation never committed); if such a journal holds `Committed`,
+//! the operation did commit and the catalog is older than the layers, and
+//! open refuses, changing nothing. The `.log` of a layer the
 //! catalog says is frozen is removed too (its index holds its blocks). Any
 //! other file nothing names is never deleted: it is moved to
 //! `quarantine/<time>/` and reported. A file the catalog names that is
@@ -239,6 +244,10 @@ pub enum JournalRecord {
         data: Vec<(u64, u64)>,
         zero: Vec<(u64, u64)>,
     },
+    /// The operation that created this layer committed (appended once its
+    /// catalog record is durable). A journal that has it belongs to a layer
+    /// that was committed, whatever an older catalog says.
+    Committed,
 }
 
 /// The kinds of file a layer may have, as intents name them.
