@@ -12,6 +12,13 @@
 //!    ratio depth-1000 / depth-1 (goal ≥ 0.95).
 //! 3. Space of an incremental snapshot vs the bytes changed
 //!    (goal ≤ 1.01 × changed + 64 KiB).
+//! 4. Snapshot create right after discarding the whole disk (what mkfs
+//!    does), 1 GiB vs 1 TiB disk (goal: ratio ≤ 1.5, median < 50 ms).
+//! 5. The longest wait of a 4 KiB writer while `snapshot create` runs after
+//!    2 GiB of writes, against its longest wait over as long without a
+//!    snapshot (goal < 50 ms).
+//!
+//! `cargo bench --bench store -- 4 5` runs only the cases named.
 
 mod common;
 
@@ -102,6 +109,11 @@ fn img_size(times: &[Duration], _r: &SnapshotRef) -> f64 {
 }
 
 fn main() {
+    let only: Vec<u32> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let run = |case: u32| only.is_empty() || only.contains(&case);
     let base = std::env::var_os("STRATA_BENCH_DIR").map(std::path::PathBuf::from);
     let dir = match &base {
         Some(b) => tempfile::tempdir_in(b),
@@ -109,19 +121,36 @@ fn main() {
     }
     .unwrap();
     let root = dir.path().join("repo");
-    let repo = Repository::init(&root).unwrap();
+    let mut repo = Some(Repository::init(&root).unwrap());
+    if run(1) {
+        snapshot_vs_disk_size(repo.as_ref().unwrap());
+    }
+    if run(2) {
+        read_by_depth(&mut repo, &root);
+    }
+    if run(3) {
+        space(repo.as_ref().unwrap());
+    }
+    if run(4) {
+        snapshot_after_discard(repo.as_ref().unwrap());
+    }
+    if run(5) {
+        writer_wait_during_snapshot(repo.as_ref().unwrap());
+    }
+}
 
+fn snapshot_vs_disk_size(repo: &Repository) {
     println!("== 1. snapshot create, same recent writes, 1 GiB vs 1 TiB disk");
     for recent in [0, 1 << 20, 4 << 20] {
         let small = snapshot_latency(
-            &repo,
+            repo,
             &DiskName::parse(&format!("g{recent}")).unwrap(),
             GIB,
             recent,
             31,
         );
         let large = snapshot_latency(
-            &repo,
+            repo,
             &DiskName::parse(&format!("t{recent}")).unwrap(),
             GIB << 10,
             recent,
@@ -135,8 +164,11 @@ fn main() {
             large.as_secs_f64() / small.as_secs_f64()
         );
     }
+}
 
+fn read_by_depth(slot: &mut Option<Repository>, root: &Path) {
     println!("== 2. full read of a 1 GiB image by chain depth (1 % of blocks per layer)");
+    let repo = slot.as_ref().unwrap();
     let disk = DiskName::parse("chain").unwrap();
     repo.create_disk(&disk, GIB, BLOCK as u32).unwrap();
     let d = repo.disk(&disk).unwrap();
@@ -165,11 +197,10 @@ fn main() {
         snap: name(n),
     };
     drop(d);
-    let mut slot = Some(repo);
     for (label, cold) in [("page cache warm", false), ("page cache dropped", true)] {
-        let d1 = read_throughput(&mut slot, &root, &snap("d1"), cold);
-        let d100 = read_throughput(&mut slot, &root, &snap("d100"), cold);
-        let d1000 = read_throughput(&mut slot, &root, &snap("d1000"), cold);
+        let d1 = read_throughput(slot, root, &snap("d1"), cold);
+        let d100 = read_throughput(slot, root, &snap("d100"), cold);
+        let d1000 = read_throughput(slot, root, &snap("d1000"), cold);
         println!("{label}:");
         println!("  depth    1: {d1:.2} GB/s");
         println!(
@@ -181,10 +212,11 @@ fn main() {
             d1000 / d1
         );
     }
+}
 
-    let repo = slot.take().unwrap();
-
+fn space(repo: &Repository) {
     println!("== 3. space of an incremental snapshot vs bytes changed");
+    let mut rng = Rng(1234);
     let sp = DiskName::parse("space").unwrap();
     repo.create_disk(&sp, 4 * GIB, BLOCK as u32).unwrap();
     let d = repo.disk(&sp).unwrap();
@@ -220,5 +252,108 @@ fn main() {
             }
         );
     }
-    let _ = d.size();
+}
+
+/// Median `snapshot create` right after a discard of the whole disk (with
+/// a little metadata written after it, as mkfs does), 31 rounds.
+fn discard_then_snapshot(repo: &Repository, disk: &DiskName, size: u64) -> Duration {
+    repo.create_disk(disk, size, BLOCK as u32).unwrap();
+    let d = repo.disk(disk).unwrap();
+    let mut rng = Rng(5);
+    let mut meta = vec![0u8; BLOCK as usize];
+    let mut times = Vec::new();
+    for i in 0..31 {
+        d.discard(0, size).unwrap();
+        for k in 0..16u64 {
+            rng.fill(&mut meta);
+            d.write_at(k * (size / 16), &meta).unwrap();
+        }
+        let t = Instant::now();
+        repo.snapshot(disk, Some(name(&format!("x{i}")))).unwrap();
+        times.push(t.elapsed());
+    }
+    median(times)
+}
+
+fn snapshot_after_discard(repo: &Repository) {
+    println!("== 4. snapshot create after discarding the whole disk, 1 GiB vs 1 TiB disk");
+    let small = discard_then_snapshot(repo, &DiskName::parse("dg").unwrap(), GIB);
+    let large = discard_then_snapshot(repo, &DiskName::parse("dt").unwrap(), GIB << 10);
+    println!(
+        "1 GiB median {:.2} ms, 1 TiB median {:.2} ms, ratio 1T/1G {:.2} (goal <= 1.5, median < 50 ms)",
+        ms(small),
+        ms(large),
+        large.as_secs_f64() / small.as_secs_f64()
+    );
+}
+
+/// Runs 4 KiB random writes on `d` until `stop`, returning each write's
+/// latency and when it started, relative to `epoch`.
+fn time_writes(
+    d: &strata::store::Disk,
+    stop: &std::sync::atomic::AtomicBool,
+    epoch: Instant,
+) -> Vec<(Duration, Duration)> {
+    let mut rng = Rng(77);
+    let mut buf = vec![0u8; 4096];
+    let mut out = Vec::new();
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        rng.fill(&mut buf[..64]);
+        let at = (rng.next() % (d.size() / 4096)) * 4096;
+        let t = Instant::now();
+        d.write_at(at, &buf).unwrap();
+        out.push((t - epoch, t.elapsed()));
+    }
+    out
+}
+
+fn writer_wait_during_snapshot(repo: &Repository) {
+    println!("== 5. a 4 KiB writer's longest wait during snapshot create after 2 GiB of writes");
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let disk = DiskName::parse("busy").unwrap();
+    repo.create_disk(&disk, 4 * GIB, BLOCK as u32).unwrap();
+    let d = repo.disk(&disk).unwrap();
+    let mut rng = Rng(3);
+    let mut buf = vec![0u8; 1 << 20];
+    for round in 0..5 {
+        for off in (0..2 * GIB).step_by(buf.len()) {
+            rng.fill(&mut buf[..4096]);
+            d.write_at(off, &buf).unwrap();
+        }
+        let stop = AtomicBool::new(false);
+        let epoch = Instant::now();
+        let (lat, snap_time, window) = std::thread::scope(|s| {
+            let w = s.spawn(|| time_writes(&d, &stop, epoch));
+            // The writer alone first (the baseline), then with a snapshot.
+            std::thread::sleep(Duration::from_millis(300));
+            let t = Instant::now();
+            repo.snapshot(&disk, Some(name(&format!("busy{round}"))))
+                .unwrap();
+            let snap_time = t.elapsed();
+            let window = (t - epoch, t.elapsed() + (t - epoch));
+            stop.store(true, Ordering::Relaxed);
+            (w.join().unwrap(), snap_time, window)
+        });
+        let during = lat
+            .iter()
+            .filter(|(start, l)| *start + *l >= window.0 && *start <= window.1)
+            .map(|(_, l)| *l)
+            .max()
+            .unwrap_or_default();
+        let before = lat
+            .iter()
+            .filter(|(start, _)| *start < window.0)
+            .map(|(_, l)| *l)
+            .max()
+            .unwrap_or_default();
+        println!(
+            "round {round}: snapshot {:.1} ms; longest 4 KiB write during it {:.2} ms, \
+             before it {:.2} ms (ratio {:.1}); {} writes (goal < 50 ms)",
+            ms(snap_time),
+            ms(during),
+            ms(before),
+            during.as_secs_f64() / before.as_secs_f64().max(1e-9),
+            lat.len()
+        );
+    }
 }

@@ -86,8 +86,13 @@ use crate::sys;
 const REPO_FILE: &str = "strata.repo";
 const CATALOG_FILE: &str = "catalog";
 const LOCK_FILE: &str = "lock";
+/// Layer files, as intents name them.
+type FileList = Vec<(LayerId, LayerFileKind)>;
 /// Owner maps of snapshot images kept built.
 const MAP_CACHE: usize = 64;
+/// A snapshot's data sync this quick means little was left to write, and
+/// the one under the writer lock will be as quick.
+const PRESYNC_SETTLED: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// A disk as `disk list` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -447,10 +452,24 @@ impl Repository {
         Ok(out)
     }
 
-    /// Commits an intent for `files` and returns its number.
-    fn intend(&self, what: String, files: Vec<(LayerId, LayerFileKind)>) -> Result<u64> {
-        self.commit(|cat| Ok(cat.add_intent(Intent { what, files })))
-            .map_err(CommitError::into_inner)
+    /// Commits, in one record, a new layer id and an intent naming the
+    /// files `files` says the operation will make with it. Returns the id,
+    /// what `files` returned, the files and the intent's number.
+    fn intend<T>(
+        &self,
+        what: String,
+        files: impl FnOnce(&Catalog, LayerId) -> Result<(T, FileList)>,
+    ) -> Result<(LayerId, T, FileList, u64)> {
+        self.commit(|cat| {
+            let id = cat.allocate_layer();
+            let (out, made) = files(cat, id)?;
+            let n = cat.add_intent(Intent {
+                what,
+                files: made.clone(),
+            });
+            Ok((id, out, made, n))
+        })
+        .map_err(CommitError::into_inner)
     }
 
     /// Undoes a failed operation: removes the files its intent lists that
@@ -499,11 +518,15 @@ impl Repository {
         if self.inner.catalog.lock().cat.disks.contains_key(name) {
             return Err(StoreError::DiskExists(name.clone()));
         }
-        let id = self
-            .commit(|cat| Ok(cat.allocate_layer()))
-            .map_err(CommitError::into_inner)?;
-        let made = [(id, LayerFileKind::Data), (id, LayerFileKind::Log)];
-        let intent = self.intend(format!("create disk {name}"), made.to_vec())?;
+        let (id, (), made, intent) = self.intend(format!("create disk {name}"), |cat, id| {
+            if cat.disks.contains_key(name) {
+                return Err(StoreError::DiskExists(name.clone()));
+            }
+            Ok((
+                (),
+                vec![(id, LayerFileKind::Data), (id, LayerFileKind::Log)],
+            ))
+        })?;
         let files = &self.inner.files;
         let prepared = (|| {
             let mut live = LiveLayer::create(files, id, geo)?;
@@ -726,26 +749,34 @@ impl Repository {
             }
             None => self.free_default_name(disk_name, taken),
         };
-        disk.sync_data()?;
+        // Make the data durable before writers are held off: sync again
+        // while a sync still finds much to write (what was written during
+        // the one before), so the sync under the lock has little left.
+        for _ in 0..4 {
+            let t = std::time::Instant::now();
+            disk.sync_data()?;
+            if t.elapsed() < PRESYNC_SETTLED {
+                break;
+            }
+        }
         let geo = Geometry {
             size: disk.size(),
             block_size: disk.block_size(),
         };
-        let (old, new_id) = self
-            .commit(|cat| {
-                let rec = cat
+        let (new_id, old, made, intent) =
+            self.intend(format!("snapshot {disk_name}@{name}"), |cat, new_id| {
+                let old = cat
                     .disks
                     .get(disk_name)
-                    .ok_or_else(|| StoreError::NoSuchDisk(disk_name.clone()))?;
-                Ok((rec.live, cat.allocate_layer()))
-            })
-            .map_err(CommitError::into_inner)?;
-        let made = [
-            (new_id, LayerFileKind::Data),
-            (new_id, LayerFileKind::Log),
-            (old, LayerFileKind::Index),
-        ];
-        let intent = self.intend(format!("snapshot {disk_name}@{name}"), made.to_vec())?;
+                    .ok_or_else(|| StoreError::NoSuchDisk(disk_name.clone()))?
+                    .live;
+                let made = vec![
+                    (new_id, LayerFileKind::Data),
+                    (new_id, LayerFileKind::Log),
+                    (old, LayerFileKind::Index),
+                ];
+                Ok((old, made))
+            })?;
         let files = &self.inner.files;
         let fresh = LiveLayer::create(files, new_id, geo).and_then(|live| {
             let journal = Journal::create(files.clone(), new_id, geo)?;
