@@ -33,10 +33,19 @@
 //! # Locks
 //!
 //! One process holds a repository: a POSIX record lock on `REPO/lock`. In
-//! the process, lock order is: a disk's journal lock, its writer lock, its
-//! state lock (see [`disk`]), then `Inner::disks`, then `Inner::catalog`,
-//! then the owner-map and layer-file caches. No lock is held across a call
-//! into another disk.
+//! the process, lock order is: a disk's snapshot, journal, writer and state
+//! locks (see [`disk`]), then `Inner::disks`, then `Inner::catalog`, then
+//! the owner-map and layer-file caches. No lock is held across a call into
+//! another disk.
+//!
+//! | operation | takes |
+//! | --- | --- |
+//! | read | state (read), the caches |
+//! | write, discard | writer, state |
+//! | flush | journal, writer (only to take the changes), state |
+//! | snapshot | snapshot (throughout), journal (its syncs), journal + writer (the freeze), catalog |
+//! | disk create / import | catalog (each commit) |
+//! | open | the repository lock; everything else is not yet shared |
 
 pub mod catalog;
 pub mod disk;
