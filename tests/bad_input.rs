@@ -3,45 +3,17 @@
 //! clear error that names what is wrong, the right exit status, and leaves
 //! every stored byte as it was.
 
-use std::collections::BTreeMap;
+mod common;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::{assert_same_contents as assert_same, repo_contents as contents};
+
 use strata::store::{DiskName, Repository, SnapName, StoreError};
 
 const STRATA: &str = env!("CARGO_BIN_EXE_strata");
-
-/// Asserts two snapshots of a repository's files are equal, naming the
-/// files that differ rather than printing their bytes.
-fn assert_same(a: &BTreeMap<PathBuf, Vec<u8>>, b: &BTreeMap<PathBuf, Vec<u8>>, what: &str) {
-    let differ: Vec<_> = a
-        .keys()
-        .chain(b.keys())
-        .filter(|k| a.get(*k) != b.get(*k))
-        .collect();
-    assert!(differ.is_empty(), "{what}: these files changed: {differ:?}");
-}
-
-/// Every file of the repository except the lock (which records its holder).
-fn contents(root: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![root.to_owned()];
-    while let Some(dir) = stack.pop() {
-        for e in fs::read_dir(&dir).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.file_name().unwrap() != "lock" {
-                out.insert(
-                    p.strip_prefix(root).unwrap().to_owned(),
-                    fs::read(&p).unwrap(),
-                );
-            }
-        }
-    }
-    out
-}
 
 fn strata(repo: &Path, args: &[&str]) -> (i32, String) {
     let out = Command::new(STRATA)

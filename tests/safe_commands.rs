@@ -11,7 +11,10 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{fuse_available, sh, strata, strata_ok, Loop, Mounted, STRATA};
+use common::{
+    assert_same_contents, fuse_available, repo_contents, sh, strata, strata_ok, Loop, Mounted,
+    STRATA,
+};
 use strata::store::{DiskName, ImportSource, Repository};
 
 fn random_file(path: &Path, bytes: usize) {
@@ -37,24 +40,6 @@ fn refused(repo: &Path, args: &[&str], expect: &str) {
     );
 }
 
-/// Every file of the repository but the lock, with its bytes.
-fn repo_files(root: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut out = vec![];
-    let mut stack = vec![root.to_owned()];
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.file_name().unwrap() != "lock" {
-                out.push((p.display().to_string(), fs::read(&p).unwrap()));
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
 /// A repository with disk `e1` (4 MiB imported from `src.img`) and its
 /// snapshot `e1@a`.
 fn fixture(dir: &Path) -> std::path::PathBuf {
@@ -71,7 +56,7 @@ fn fixture(dir: &Path) -> std::path::PathBuf {
 fn export_never_writes_into_the_repository_or_over_a_file_unasked() {
     let dir = tempfile::tempdir().unwrap();
     let repo = fixture(dir.path());
-    let before = repo_files(&repo);
+    let before = repo_contents(&repo);
     let layer = fs::read_dir(repo.join("layers"))
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -98,7 +83,7 @@ fn export_never_writes_into_the_repository_or_over_a_file_unasked() {
             refused(&repo, &args, why);
         }
     }
-    assert!(repo_files(&repo) == before, "the repository changed");
+    assert_same_contents(&before, &repo_contents(&repo), "refused exports");
     // An existing file needs --force, and is then replaced whole.
     let out = dir.path().join("out.img");
     fs::write(&out, "keep me").unwrap();

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::error::{Result, StoreError};
-use super::format::{self, CatalogHeader, LayerFileKind, MAGIC_CATALOG};
+use super::format::{self, AppendError, CatalogHeader, LayerFileKind, MAGIC_CATALOG};
 use super::names::{DiskName, LayerId, SnapName};
 use super::storage::{Storage, StorageFile};
 
@@ -522,21 +522,10 @@ impl CatalogFile {
         let payload = format::encode(&CatalogRecord::Changes(old.changes_to(new)));
         let bytes = format::record_bytes(self.next_seq, &payload);
         let io = |e| StoreError::io(&self.path)(e);
-        if let Err(e) = self.file.write_all_at(&bytes, self.end) {
-            // Take the torn record back out; if that fails too, nobody can
-            // say what a reader will find.
-            return match self
-                .file
-                .set_len(self.end)
-                .and_then(|_| self.file.sync_data())
-            {
-                Ok(()) => Err(CommitError::NotWritten(io(e))),
-                Err(_) => Err(CommitError::Unknown(io(e))),
-            };
-        }
-        if let Err(e) = self.file.sync_data() {
-            return Err(CommitError::Unknown(io(e)));
-        }
+        format::append_synced(self.file.as_ref(), self.end, &bytes).map_err(|e| match e {
+            AppendError::TakenBack(e) => CommitError::NotWritten(io(e)),
+            AppendError::Unknown(e) => CommitError::Unknown(io(e)),
+        })?;
         self.end += bytes.len() as u64;
         self.next_seq += 1;
         self.changes_bytes += bytes.len() as u64;

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use super::error::{Result, StoreError};
 use super::extents::{BlockKind, PresentMap};
-use super::format::{self, JournalRecord, LogHeader, MAGIC_LOG};
+use super::format::{self, AppendError, JournalRecord, LogHeader, MAGIC_LOG};
 use super::layer::{Geometry, LayerFiles};
 use super::names::LayerId;
 use super::storage::StorageFile;
@@ -164,14 +164,9 @@ impl Journal {
 
     fn append_record(&mut self, payload: &[u8]) -> Result<()> {
         let bytes = format::record_bytes(self.next_seq, payload);
-        if let Err(e) = self.file.write_all_at(&bytes, self.end) {
-            let _ = self
-                .file
-                .set_len(self.end)
-                .and_then(|_| self.file.sync_data());
-            return Err(StoreError::io(&self.path)(e));
-        }
-        self.file.sync_data().map_err(StoreError::io(&self.path))?;
+        format::append_synced(self.file.as_ref(), self.end, &bytes).map_err(|e| match e {
+            AppendError::TakenBack(e) | AppendError::Unknown(e) => StoreError::io(&self.path)(e),
+        })?;
         self.end += bytes.len() as u64;
         self.next_seq += 1;
         Ok(())

@@ -277,6 +277,14 @@ pub fn read_index(files: &LayerFiles, id: LayerId, geo: Geometry) -> Result<Froz
     })
 }
 
+/// The bytes of a layer's index file.
+fn index_bytes(files: &LayerFiles, id: LayerId, geo: Geometry, idx: &FrozenIndex) -> Vec<u8> {
+    format::doc_bytes(
+        MAGIC_INDEX,
+        &format::encode(&idx.to_payload(files, id, geo)),
+    )
+}
+
 /// Writes the index of a layer being frozen as a new file and syncs it
 /// (the caller syncs the directory before committing).
 pub fn write_new_index(
@@ -286,10 +294,7 @@ pub fn write_new_index(
     idx: &FrozenIndex,
 ) -> Result<()> {
     let path = files.paths().index(id);
-    let bytes = format::doc_bytes(
-        MAGIC_INDEX,
-        &format::encode(&idx.to_payload(files, id, geo)),
-    );
+    let bytes = index_bytes(files, id, geo, idx);
     files
         .storage()
         .create_new(&path)
@@ -308,10 +313,7 @@ pub fn replace_index(
     idx: &FrozenIndex,
 ) -> Result<()> {
     let path = files.paths().index(id);
-    let bytes = format::doc_bytes(
-        MAGIC_INDEX,
-        &format::encode(&idx.to_payload(files, id, geo)),
-    );
+    let bytes = index_bytes(files, id, geo, idx);
     format::write_atomic(files.storage(), &files.paths().tmp, &path, &bytes)
 }
 

@@ -5,6 +5,7 @@
 
 pub mod workload;
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -20,6 +21,40 @@ pub fn fuse_available() -> bool {
     }
     eprintln!("skipping: /dev/fuse is missing on this machine");
     false
+}
+
+/// Every file of a repository but the lock (which records its holder),
+/// by path relative to the repository, with its bytes.
+pub fn repo_contents(root: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_owned()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.file_name().unwrap() != "lock" {
+                let rel = p.strip_prefix(root).unwrap().to_owned();
+                out.insert(rel, std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    out
+}
+
+/// Asserts two [`repo_contents`] are equal, naming the files that differ
+/// rather than printing their bytes.
+pub fn assert_same_contents(
+    a: &BTreeMap<PathBuf, Vec<u8>>,
+    b: &BTreeMap<PathBuf, Vec<u8>>,
+    what: &str,
+) {
+    let differ: Vec<_> = a
+        .keys()
+        .chain(b.keys())
+        .filter(|k| a.get(*k) != b.get(*k))
+        .collect();
+    assert!(differ.is_empty(), "{what}: these files changed: {differ:?}");
 }
 
 /// Runs `strata --repo REPO ARGS`.

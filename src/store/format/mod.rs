@@ -557,6 +557,33 @@ pub fn record_bytes(seq: u64, payload: &[u8]) -> Vec<u8> {
     out
 }
 
+/// How an append to a log failed.
+#[derive(Debug)]
+pub enum AppendError {
+    /// The file is as it was before: the torn record was taken back out.
+    TakenBack(std::io::Error),
+    /// The record may or may not be in the file (and durable).
+    Unknown(std::io::Error),
+}
+
+/// Appends `bytes` (whole records) at `end` and syncs. A failed write is
+/// taken back out at once (truncated to `end` and synced), so that no later
+/// record can follow garbage; if even that fails, or the sync fails, the
+/// outcome is unknown and the writer must stop (see the module doc).
+pub fn append_synced(
+    file: &dyn super::storage::StorageFile,
+    end: u64,
+    bytes: &[u8],
+) -> Result<(), AppendError> {
+    if let Err(e) = file.write_all_at(bytes, end) {
+        return match file.set_len(end).and_then(|_| file.sync_data()) {
+            Ok(()) => Err(AppendError::TakenBack(e)),
+            Err(_) => Err(AppendError::Unknown(e)),
+        };
+    }
+    file.sync_data().map_err(AppendError::Unknown)
+}
+
 /// A whole log file: its header document, then the records numbered from 1.
 pub fn log_bytes(magic: [u8; 8], header: &[u8], records: &[Vec<u8>]) -> Vec<u8> {
     let mut out = doc_bytes(magic, header);
