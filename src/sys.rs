@@ -286,6 +286,17 @@ pub fn drop_cached_pages(file: &File) -> io::Result<()> {
     }
 }
 
+/// Restores the default action of SIGPIPE (Rust starts programs with it
+/// ignored), so that writing to a pipe whose reader has gone ends the
+/// process quietly instead of failing every write.
+pub fn default_sigpipe() {
+    // SAFETY: signal only installs the default disposition; no handler of
+    // ours runs, so nothing else needs to be async-signal-safe.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 pub fn effective_uid() -> u32 {
     // SAFETY: geteuid cannot fail and has no arguments.
     unsafe { libc::geteuid() }
@@ -438,47 +449,57 @@ pub fn recv_with_fd(
 
 /// Sends `bytes` over `sock`, with the descriptor `fd` attached to them
 /// (`SCM_RIGHTS`) when there is one. The receiver gets it with
-/// [`recv_with_fd`].
+/// [`recv_with_fd`]. A peer that has gone away is an `EPIPE` error, never a
+/// SIGPIPE.
 pub fn send_with_fd(
     sock: &std::os::unix::net::UnixStream,
     bytes: &[u8],
     fd: Option<std::os::fd::RawFd>,
 ) -> io::Result<()> {
-    use std::io::Write;
-    let Some(fd) = fd else {
-        let mut w = sock;
-        return w.write_all(bytes);
-    };
-    let mut iov = libc::iovec {
-        iov_base: bytes.as_ptr() as *mut libc::c_void,
-        iov_len: bytes.len(),
-    };
-    let mut control = [0u64; 8];
-    // SAFETY: an all-zero msghdr is a valid empty message header.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    // SAFETY: CMSG_SPACE only computes a size.
-    msg.msg_controllen =
-        unsafe { libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) } as _;
-    // SAFETY: `msg.msg_control` points at `control`, large enough for one
-    // cmsghdr carrying one int; the pointers CMSG_* return lie inside it.
-    unsafe {
-        let cmsg = libc::CMSG_FIRSTHDR(&msg);
-        (*cmsg).cmsg_level = libc::SOL_SOCKET;
-        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<libc::c_int>() as u32) as _;
-        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::c_int>(), fd);
+    let mut sent = 0;
+    let mut fd = fd;
+    while sent < bytes.len() || fd.is_some() {
+        let rest = &bytes[sent..];
+        let mut iov = libc::iovec {
+            iov_base: rest.as_ptr() as *mut libc::c_void,
+            iov_len: rest.len(),
+        };
+        let mut control = [0u64; 8];
+        // SAFETY: an all-zero msghdr is a valid empty message header.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        if let Some(fd) = fd {
+            msg.msg_control = control.as_mut_ptr().cast();
+            // SAFETY: CMSG_SPACE only computes a size.
+            msg.msg_controllen =
+                unsafe { libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) } as _;
+            // SAFETY: `msg.msg_control` points at `control`, large enough for
+            // one cmsghdr carrying one int; the pointers CMSG_* return lie
+            // inside it.
+            unsafe {
+                let cmsg = libc::CMSG_FIRSTHDR(&msg);
+                (*cmsg).cmsg_level = libc::SOL_SOCKET;
+                (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+                (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<libc::c_int>() as u32) as _;
+                std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::c_int>(), fd);
+            }
+        }
+        // SAFETY: `msg` describes `rest` (read only by the kernel) and
+        // `control`, both live for the call.
+        let n = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        // The descriptor went with the first bytes sent.
+        fd = None;
+        sent += n as usize;
     }
-    // SAFETY: `msg` describes `bytes` (read only by the kernel) and
-    // `control`, both live for the call.
-    let n = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let mut w = sock;
-    w.write_all(&bytes[n as usize..])
+    Ok(())
 }
 
 /// Lets a spawned child inherit descriptor `fd` across exec (clears

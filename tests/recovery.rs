@@ -71,6 +71,30 @@ fn a_catalog_older_than_its_layers_is_refused_and_nothing_is_deleted() {
     assert!(ok(&repo, &["snapshot", "list", "e"]).contains("s3"));
 }
 
+/// Both copies of the catalog's last record damaged look like a torn,
+/// never acknowledged commit; here that commit was a snapshot's, and its
+/// layer's journal says so. Opening refuses, and changes nothing (it used to
+/// cut the record off first).
+#[test]
+fn a_lost_last_commit_is_refused_without_a_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("r");
+    ok(&repo, &["init"]);
+    ok(&repo, &["disk", "create", "d", "--size", "1M"]);
+    ok(&repo, &["snapshot", "create", "d", "--name", "s"]);
+    let path = repo.join("catalog");
+    let mut bytes = fs::read(&path).unwrap();
+    let last = bytes.len() - 1024; // the last record: two 512-byte copies
+    bytes[last + 32] ^= 1;
+    bytes[last + 512 + 32] ^= 1;
+    fs::write(&path, &bytes).unwrap();
+    let before = contents(&repo);
+    let (code, _, err) = strata(&repo, &["disk", "list"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("last records were lost to damage"), "{err}");
+    assert_same_contents(&before, &contents(&repo), "a refused open");
+}
+
 /// Another repository's catalog copied in is named as such.
 #[test]
 fn a_catalog_of_another_repository_is_refused() {
@@ -100,19 +124,31 @@ fn files_nothing_names_are_set_aside_and_purged_only_on_request() {
     fs::write(repo.join("layers/notes.txt"), "mine").unwrap();
     // A layer file of an id the catalog handed out but does not name.
     fs::write(repo.join("layers/0000000000000000.data"), "old").unwrap();
+    fs::create_dir(repo.join("layers/a-dir")).unwrap();
+    // tmp/ is scratch only for the store's own temporary files.
+    fs::write(repo.join("tmp/mine.txt"), "not scratch").unwrap();
+    fs::write(repo.join("tmp/catalog.4242.7.tmp"), "scratch").unwrap();
     let (code, out, err) = strata(&repo, &["disk", "list"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("d "), "{out}");
     assert!(
-        err.contains("strata: note: set aside 2 files that nothing in the catalog names"),
+        err.contains("strata: note: set aside 4 files that nothing in the catalog names"),
         "{err}"
     );
     assert!(!repo.join("layers/notes.txt").exists());
-    let listed = ok(&repo, &["quarantine", "list"]);
     assert!(
-        listed.contains("layers/notes.txt") && listed.contains("0000000000000000.data"),
-        "{listed}"
+        !repo.join("tmp/catalog.4242.7.tmp").exists(),
+        "scratch is removed"
     );
+    let listed = ok(&repo, &["quarantine", "list"]);
+    for aside in [
+        "layers/notes.txt",
+        "layers/0000000000000000.data",
+        "layers/a-dir",
+        "tmp/mine.txt",
+    ] {
+        assert!(listed.contains(aside), "{aside} is not listed: {listed}");
+    }
     let json: serde_json::Value =
         serde_json::from_str(&ok(&repo, &["quarantine", "list", "--json"])).unwrap();
     let kept = json
@@ -121,15 +157,16 @@ fn files_nothing_names_are_set_aside_and_purged_only_on_request() {
         .iter()
         .find(|f| f["path"].as_str().unwrap().ends_with("notes.txt"))
         .unwrap();
+    let kept = repo.join(kept["path"].as_str().unwrap());
     assert_eq!(
-        fs::read_to_string(repo.join(kept["path"].as_str().unwrap())).unwrap(),
+        fs::read_to_string(&kept).unwrap(),
         "mine",
         "set aside, not changed"
     );
     // Nothing is deleted until asked.
     ok(&repo, &["disk", "list"]);
-    assert!(repo.join(kept["path"].as_str().unwrap()).exists());
-    assert!(ok(&repo, &["quarantine", "purge"]).contains("deleted 2 files"));
+    assert!(kept.exists());
+    assert!(ok(&repo, &["quarantine", "purge"]).contains("deleted 4 files"));
     assert!(ok(&repo, &["quarantine", "list"]).contains("nothing is set aside"));
     assert!(!repo.join("quarantine").exists());
 }

@@ -107,6 +107,39 @@ fn export_never_writes_into_the_repository_or_over_a_file_unasked() {
     assert!(names.is_empty(), "left behind: {names:?}");
 }
 
+/// `export IMAGE -` (and a pipe) carries the image and nothing else: the
+/// summary goes to standard error. Listing into a closed pipe ends quietly.
+#[test]
+fn export_to_standard_output_carries_the_image_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = fixture(dir.path());
+    let src = fs::read(dir.path().join("src.img")).unwrap();
+    for target in ["-", "/dev/stdout"] {
+        let out = strata(&repo, &["export", "e1@a", target]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.stdout == src,
+            "{target}: the stream is not exactly the image"
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("exported e1@a to"), "{err}");
+    }
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "'{STRATA}' --repo '{}' disk list --json | true; echo \"status ${{PIPESTATUS[0]}}\"",
+            repo.display()
+        ))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+}
+
 #[test]
 fn a_killed_export_leaves_nothing_under_the_name_asked_for() {
     let dir = tempfile::tempdir().unwrap();
@@ -160,9 +193,13 @@ fn export_onto_a_block_device_writes_in_place_and_says_so() {
     fs::write(&dev_file, vec![0xEEu8; 5 << 20]).unwrap();
     let dev = Loop::attach(&dev_file, false);
     let out = strata(&repo, &["export", "e1@a", &dev.dev]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{err}");
-    assert!(err.contains("in place onto block device"), "{err}");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("in place onto block device"), "{said}");
     sh("sync");
     let got = fs::read(&dev_file).unwrap();
     let src = fs::read(dir.path().join("src.img")).unwrap();
@@ -240,7 +277,7 @@ fn imports_take_every_kind_of_source(repo: &Path, dir: &Path) {
     check("p1");
     let (code, err) = import_stdin(repo, &["p2", "-"], &bytes);
     assert_eq!(code, 1, "{err}");
-    assert!(err.contains("give the disk's size with --size"), "{err}");
+    assert!(err.contains("give its exact size with --size"), "{err}");
     let (code, err) = import_stdin(repo, &["p2", "-", "--size", &size], &bytes[..1000]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("ended after 1000 bytes"), "{err}");

@@ -50,8 +50,9 @@ pub struct ImportArgs {
     /// Block size: a power of two from 4K to 1M
     #[arg(long, value_parser = parse_block_size, default_value_t = DEFAULT_BLOCK_SIZE)]
     block_size: u32,
-    /// The disk's size, needed when the image comes down a pipe (standard
-    /// input, a FIFO); checked against a file's or device's own size
+    /// The image's exact size, needed when it comes down a pipe (standard
+    /// input, a FIFO): the pipe must deliver exactly that many bytes. For a
+    /// file or a device it is checked against their own size
     #[arg(long, value_parser = parse_size)]
     size: Option<u64>,
 }

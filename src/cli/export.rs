@@ -2,12 +2,13 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
+use std::os::fd::AsFd;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use clap::Args;
 use strata::control::{Request, Response};
-use strata::store::{ImageRef, Repository};
+use strata::store::{ExportStats, ImageRef, Repository};
 use strata::units::format_size;
 
 use super::output::Progress;
@@ -25,7 +26,7 @@ pub struct ExportArgs {
     #[arg(value_parser = parse_image_ref)]
     image: ImageRef,
     /// A new raw image file (zero regions become holes), a block device
-    /// (written in place) or a pipe such as /dev/stdout (every byte)
+    /// (written in place), or - for standard output (every byte)
     file: PathBuf,
     /// Replace FILE if it is an existing file
     #[arg(long)]
@@ -41,6 +42,8 @@ enum Output {
     },
     Device(PathBuf),
     Stream(PathBuf),
+    /// Standard output: every byte, and nothing else on it.
+    Stdout,
 }
 
 fn refused(path: &Path, why: impl std::fmt::Display) -> Failure {
@@ -87,8 +90,17 @@ fn temp_beside(path: &Path) -> PathBuf {
 }
 
 pub fn run(repo: &Path, a: ExportArgs) -> CmdResult {
-    let path = absolute(&a.file)?;
-    let output = plan(repo, &path, a.force)?;
+    let stdout = a.file.as_os_str() == "-";
+    let path = if stdout {
+        PathBuf::from("standard output")
+    } else {
+        absolute(&a.file)?
+    };
+    let output = if stdout {
+        Output::Stdout
+    } else {
+        plan(repo, &path, a.force)?
+    };
     let file = match &output {
         Output::File { tmp, .. } => OpenOptions::new()
             .read(true)
@@ -96,19 +108,22 @@ pub fn run(repo: &Path, a: ExportArgs) -> CmdResult {
             .create_new(true)
             .mode(0o644)
             .open(tmp)
-            .map_err(|e| refused(&path, e))?,
+            .map_err(|e| {
+                refused(
+                    &path,
+                    format!("cannot create {} beside it: {e}", tmp.display()),
+                )
+            })?,
         Output::Device(p) | Output::Stream(p) => OpenOptions::new()
             .write(true)
             .open(p)
             .map_err(|e| refused(p, e))?,
+        Output::Stdout => std::io::stdout()
+            .as_fd()
+            .try_clone_to_owned()
+            .map(File::from)
+            .map_err(|e| refused(&path, e))?,
     };
-    if let Output::Device(p) = &output {
-        eprintln!(
-            "strata: writing {} in place onto block device {}",
-            a.image,
-            p.display()
-        );
-    }
     let result = export(repo, &a.image, &path, file);
     match (&output, result) {
         (Output::File { path, tmp }, Ok((size, stats))) => {
@@ -116,15 +131,21 @@ pub fn run(repo: &Path, a: ExportArgs) -> CmdResult {
                 let _ = fs::remove_file(tmp);
                 return Err(e);
             }
-            report(&a.image, path, size, stats.written_bytes);
+            println!("{}", summary(&a.image, path, size, &stats));
             Ok(())
         }
         (Output::File { tmp, .. }, Err(e)) => {
             let _ = fs::remove_file(tmp);
             Err(e)
         }
-        (Output::Device(p) | Output::Stream(p), Ok((size, stats))) => {
-            report(&a.image, p, size, stats.written_bytes);
+        (Output::Device(p), Ok((size, stats))) => {
+            println!("{}", summary(&a.image, p, size, &stats));
+            Ok(())
+        }
+        // The image itself went down the stream: the summary goes to
+        // standard error, so the stream holds the image and nothing else.
+        (Output::Stream(_) | Output::Stdout, Ok((size, stats))) => {
+            eprintln!("strata: {}", summary(&a.image, &path, size, &stats));
             Ok(())
         }
         (_, Err(e)) => Err(e),
@@ -136,7 +157,7 @@ fn export(
     image: &ImageRef,
     target: &Path,
     file: File,
-) -> Result<(u64, strata::store::ExportStats), Failure> {
+) -> Result<(u64, ExportStats), Failure> {
     let mut t = Target::open(repo)?;
     let mut progress = Progress::new("exporting");
     let req = Request::Export {
@@ -173,11 +194,16 @@ fn publish(tmp: &Path, path: &Path, force: bool) -> CmdResult {
         .map_err(|e| refused(path, e))
 }
 
-fn report(image: &ImageRef, to: &Path, size: u64, written: u64) {
-    println!(
-        "exported {image} to {} ({}, {} of data)",
+fn summary(image: &ImageRef, to: &Path, size: u64, stats: &ExportStats) -> String {
+    format!(
+        "exported {image} {} {} ({}, {} of data)",
+        if stats.device {
+            "in place onto block device"
+        } else {
+            "to"
+        },
         to.display(),
         format_size(size),
-        format_size(written)
-    );
+        format_size(stats.written_bytes)
+    )
 }

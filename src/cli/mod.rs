@@ -95,8 +95,23 @@ impl From<StoreError> for Failure {
 pub type CmdResult = Result<(), Failure>;
 
 pub fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
+    let daemon = matches!(&cli.command, Command::Mount(a) if a.runs_the_daemon());
+    let mut log =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"));
+    if !daemon {
+        // A command's warnings read like its other messages; the daemon's
+        // log keeps times and sources.
+        log.format(|buf, record| {
+            use std::io::Write;
+            let level = record.level().as_str().to_lowercase();
+            writeln!(buf, "strata: {level}: {}", record.args())
+        });
+        // Like other command-line tools, stop quietly when the reader of
+        // standard output goes away (`strata disk list | head -1`).
+        strata::sys::default_sigpipe();
+    }
+    log.init();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Refused(msg)) => {

@@ -38,6 +38,14 @@ pub struct MountArgs {
     options: Vec<String>,
 }
 
+impl MountArgs {
+    /// Whether this process serves the mount (as opposed to starting the
+    /// daemon that does and returning).
+    pub fn runs_the_daemon(&self) -> bool {
+        self.foreground
+    }
+}
+
 #[derive(Args)]
 pub struct UmountArgs {
     /// Where the repository is mounted

@@ -422,6 +422,8 @@ pub struct CatalogFile {
     /// Bytes of the checkpoint record, and of all records after it.
     checkpoint_bytes: u64,
     changes_bytes: u64,
+    /// Repairs and a torn tail found on open, not yet put right.
+    pending: Option<(Vec<format::Repair>, u64)>,
 }
 
 /// A catalog file is rewritten once its change records take more than this
@@ -449,9 +451,10 @@ impl CatalogFile {
         format::log_bytes(MAGIC_CATALOG, &header, &[checkpoint])
     }
 
-    /// Reads the catalog: replays its records, mends damaged copies, and cuts
-    /// off a torn (never acknowledged) last record. Returns the catalog,
-    /// still to be validated, and the repository id its header names.
+    /// Reads the catalog and replays its records, past damaged copies and a
+    /// torn (never acknowledged) last record, without changing the file
+    /// (see [`CatalogFile::settle`]). Returns the catalog, still to be
+    /// validated, and the repository id its header names.
     pub fn open(
         storage: Arc<dyn Storage>,
         tmp: &Path,
@@ -491,18 +494,6 @@ impl CatalogFile {
             changes_bytes += format::record_bytes(1, r).len() as u64;
         }
         let file = storage.open(path, true).map_err(StoreError::io(path))?;
-        format::apply_repairs(storage.as_ref(), path, &log.repairs)?;
-        if log.torn > 0 {
-            log::warn!(
-                "{}: cutting off a torn, never acknowledged commit ({} bytes at offset {})",
-                path.display(),
-                log.torn,
-                log.end
-            );
-            file.set_len(log.end)
-                .and_then(|_| file.sync_data())
-                .map_err(StoreError::io(path))?;
-        }
         let cf = CatalogFile {
             storage,
             path: path.to_owned(),
@@ -513,8 +504,31 @@ impl CatalogFile {
             next_seq: log.records.len() as u64 + 1,
             checkpoint_bytes,
             changes_bytes,
+            pending: Some((log.repairs, log.torn)),
         };
         Ok((cf, cat, header.repo))
+    }
+
+    /// Puts right what [`CatalogFile::open`] found: mends damaged copies and
+    /// cuts off a torn, never acknowledged last record. Kept apart from
+    /// reading, so that an open that is refused changes nothing.
+    pub fn settle(&mut self) -> Result<()> {
+        let Some((repairs, torn)) = self.pending.take() else {
+            return Ok(());
+        };
+        format::apply_repairs(self.storage.as_ref(), &self.path, &repairs)?;
+        if torn > 0 {
+            log::warn!(
+                "{}: cutting off a torn, never acknowledged commit ({torn} bytes at offset {})",
+                self.path.display(),
+                self.end
+            );
+            self.file
+                .set_len(self.end)
+                .and_then(|_| self.file.sync_data())
+                .map_err(StoreError::io(&self.path))?;
+        }
+        Ok(())
     }
 
     /// Makes the change from `old` to `new` durable: one appended record.

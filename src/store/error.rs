@@ -65,6 +65,9 @@ pub enum StoreError {
     Size(#[from] SizeError),
     #[error("invalid {what}: {why}")]
     Invalid { what: &'static str, why: String },
+    /// A request refused for a reason the message says in full.
+    #[error("{0}")]
+    Refused(String),
     #[error("I/O of {len} bytes at offset {offset} is outside disk '{disk}' ({size} bytes)")]
     OutOfRange {
         disk: DiskName,
@@ -109,7 +112,10 @@ impl StoreError {
             StoreError::OutOfRange { .. } => libc::EFBIG,
             StoreError::ReadOnly(_) => libc::EROFS,
             StoreError::Locked { .. } => libc::EBUSY,
-            StoreError::Name(_) | StoreError::Size(_) | StoreError::Invalid { .. } => libc::EINVAL,
+            StoreError::Name(_)
+            | StoreError::Size(_)
+            | StoreError::Invalid { .. }
+            | StoreError::Refused(_) => libc::EINVAL,
             StoreError::NotARepository(_)
             | StoreError::AlreadyARepository(_)
             | StoreError::NewerFormat { .. }

@@ -31,18 +31,42 @@ pub struct ExportTarget<'a> {
 pub struct ExportStats {
     /// Bytes of data regions read from the image.
     pub data_bytes: u64,
-    /// Bytes actually written (regions of zeros in a regular file are left
-    /// as holes).
+    /// Bytes actually written (zero pages of a regular file are left as
+    /// holes).
     pub written_bytes: u64,
     /// The target was a block device, written in place.
     pub device: bool,
 }
 
 fn refused(name: &Path, why: impl Into<String>) -> StoreError {
-    StoreError::Invalid {
-        what: "export target",
-        why: format!("{}: {}", name.display(), why.into()),
+    StoreError::Refused(format!(
+        "cannot export to {}: {}",
+        name.display(),
+        why.into()
+    ))
+}
+
+/// Writes the parts of `buf` (the image at `at`) that are not zeros, a
+/// page at a time, so zero pages stay holes.
+fn write_data(file: &File, buf: &[u8], at: u64) -> std::io::Result<u64> {
+    const PAGE: usize = 4096;
+    let mut written = 0;
+    let mut run: Option<usize> = None;
+    let pages = buf.len().div_ceil(PAGE);
+    for p in 0..=pages {
+        let page = (p < pages).then(|| &buf[p * PAGE..((p + 1) * PAGE).min(buf.len())]);
+        match (page.is_some_and(|pg| !is_zero(pg)), run) {
+            (true, None) => run = Some(p * PAGE),
+            (false, Some(start)) => {
+                let end = (p * PAGE).min(buf.len());
+                file.write_all_at(&buf[start..end], at + start as u64)?;
+                written += (end - start) as u64;
+                run = None;
+            }
+            _ => {}
+        }
     }
+    Ok(written)
 }
 
 /// Writes the whole image to the target.
@@ -69,10 +93,7 @@ pub fn export(
                 let n = (end - at).min(buf.len() as u64) as usize;
                 let got = img.read_at(at, &mut buf[..n])?;
                 stats.data_bytes += got as u64;
-                if !is_zero(&buf[..got]) {
-                    file.write_all_at(&buf[..got], at).map_err(io)?;
-                    stats.written_bytes += got as u64;
-                }
+                stats.written_bytes += write_data(file, &buf[..got], at).map_err(io)?;
                 at += got as u64;
                 progress(at, size);
             }
@@ -116,7 +137,7 @@ pub fn export(
     } else {
         return Err(refused(
             target.name,
-            "is not a file, a block device or a stream",
+            "it is not a file, a block device or a stream",
         ));
     }
     progress(size, size);

@@ -45,10 +45,7 @@ pub(crate) struct Checked {
 }
 
 fn refused(name: &Path, why: impl Into<String>) -> StoreError {
-    StoreError::Invalid {
-        what: "import source",
-        why: format!("{}: {}", name.display(), why.into()),
-    }
+    StoreError::Refused(format!("cannot import {}: {}", name.display(), why.into()))
 }
 
 /// Checks what the source is and how large, before a disk is made.
@@ -64,36 +61,34 @@ pub(crate) fn check(src: &ImportSource) -> Result<Checked> {
     } else if ft.is_dir() {
         return Err(refused(
             src.name,
-            "is a directory; give a raw image file, a block device or -",
+            "it is a directory; give a raw image file, a block device or -",
         ));
     } else if ft.is_fifo() || ft.is_char_device() || ft.is_socket() {
         (SourceKind::Stream, None)
     } else {
         return Err(refused(
             src.name,
-            "is not a file, a block device or a stream",
+            "it is not a file, a block device or a stream",
         ));
     };
     let size = match (own, src.size) {
-        (Some(own), Some(given)) if own != given => {
-            return Err(refused(
-                src.name,
-                format!(
-                    "is {own} bytes, but --size says {given}; leave --size out to import it whole"
-                ),
-            ))
-        }
+        (Some(own), Some(given)) if own != given => return Err(refused(
+            src.name,
+            format!(
+                "it is {own} bytes, but --size says {given}; leave --size out to import it whole"
+            ),
+        )),
         (Some(own), _) => own,
         (None, Some(given)) => given,
         (None, None) => return Err(refused(
             src.name,
-            "is a stream whose size cannot be known in advance; give the disk's size with --size",
+            "it is a stream whose size cannot be known in advance; give its exact size with --size",
         )),
     };
     if size == 0 || size % catalog::SECTOR != 0 {
         return Err(refused(
             src.name,
-            format!("is {size} bytes; a disk image must be a non-zero multiple of 512 bytes"),
+            format!("it is {size} bytes; a disk image must be a non-zero multiple of 512 bytes"),
         ));
     }
     catalog::check_disk_size(size)?;
@@ -161,7 +156,7 @@ fn short(name: &Path, got: u64, size: u64) -> StoreError {
     refused(
         name,
         format!(
-            "ended after {got} bytes, short of the {size} it was to hold; nothing was imported"
+            "it ended after {got} bytes, short of the {size} it was to hold; nothing was imported"
         ),
     )
 }
@@ -232,7 +227,7 @@ fn copy_regular(
         return Err(refused(
             src.name,
             format!(
-                "changed size while it was read ({size} bytes, then {now}); nothing was imported"
+                "it changed size while it was read ({size} bytes, then {now}); nothing was imported"
             ),
         ));
     }
@@ -271,7 +266,9 @@ fn copy_stream(
             Ok(_) => {
                 return Err(refused(
                     src.name,
-                    format!("holds more than the {size} bytes --size gives; nothing was imported"),
+                    format!(
+                        "it holds more than the {size} bytes --size gives; nothing was imported"
+                    ),
                 ))
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

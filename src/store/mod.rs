@@ -325,7 +325,6 @@ impl Repository {
             doc = format::read_doc(st, &repo_file, MAGIC_REPO)?;
         }
         let header: RepoHeader = format::decode(&repo_file, &doc.payload)?;
-        format::apply_repairs(st, &repo_file, &doc.repairs)?;
         let catalog_path = root.join(CATALOG_FILE);
         let (mut file, mut cat, cat_repo) =
             CatalogFile::open(storage.clone(), &paths.tmp, &catalog_path)?;
@@ -339,7 +338,10 @@ impl Repository {
             ));
         }
         cat.validate(&catalog_path)?;
+        // Refusals come first: until here nothing was written.
         let reconciled = recovery::reconcile(st, root, &paths, &cat)?;
+        format::apply_repairs(st, &repo_file, &doc.repairs)?;
+        file.settle()?;
         if !cat.intents.is_empty() {
             let mut next = cat.clone();
             next.intents.clear();

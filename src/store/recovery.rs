@@ -102,8 +102,9 @@ pub fn reconcile(
                 "the catalog has an unfinished operation whose layer journals say it committed ({})",
                 list(&committed)
             ),
-            hint: "The catalog is older than the layers, as if it was restored from a backup \
-                   taken while the repository was in use. Put back the newest catalog."
+            hint: "The catalog is older than the layers: restored from a copy taken while the \
+                   repository was in use, or its last records were lost to damage. Put back the \
+                   newest catalog."
                 .into(),
         });
     }
@@ -115,9 +116,10 @@ pub fn reconcile(
                 plural(newer.len(), "file"),
                 list(&newer)
             ),
-            hint: "The catalog is older than the layers, as if it was restored from a backup or \
-                   copied from elsewhere. Put back the newest catalog; or, to open the repository \
-                   as that catalog has it, move those files out of layers/ yourself."
+            hint: "The catalog is older than the layers: restored from a backup, copied from \
+                   elsewhere, or its last records were lost to damage. Put back the newest catalog; \
+                   or, to open the repository as that catalog has it, move those files out of \
+                   layers/ yourself."
                 .into(),
         });
     }
@@ -136,13 +138,39 @@ pub fn reconcile(
         });
     }
 
+    // tmp/ holds the temp files of atomic replacement (which nothing names
+    // until they are renamed); anything else there is someone else's.
+    let mut scratch = Vec::new();
+    let mut aside: Vec<(&str, String)> = unknown.into_iter().map(|n| ("layers", n)).collect();
+    match storage
+        .kind(&paths.tmp)
+        .map_err(StoreError::io(&paths.tmp))?
+    {
+        Some(EntryKind::Dir) => {
+            for name in storage
+                .read_dir(&paths.tmp)
+                .map_err(StoreError::io(&paths.tmp))?
+            {
+                if format::is_scratch_name(&name) {
+                    scratch.push(name);
+                } else {
+                    aside.push(("tmp", name));
+                }
+            }
+        }
+        _ => storage
+            .create_dir_all(&paths.tmp)
+            .map_err(StoreError::io(&paths.tmp))?,
+    }
+
     let mut out = Reconciled::default();
-    if !unknown.is_empty() {
-        let dir = quarantine(storage, root, paths, &unknown)?;
+    if !aside.is_empty() {
+        let dir = quarantine(storage, root, &aside)?;
+        let names: Vec<String> = aside.iter().map(|(sub, n)| format!("{sub}/{n}")).collect();
         out.notices.push(format!(
             "set aside {} that nothing in the catalog names ({}) in {}; see `strata quarantine list`",
-            plural(unknown.len(), "file"),
-            list(&unknown),
+            plural(names.len(), "file"),
+            list(&names),
             dir.display()
         ));
     }
@@ -157,7 +185,10 @@ pub fn reconcile(
     if !remove.is_empty() {
         format::sync_dir(storage, &paths.dir)?;
     }
-    empty_tmp(storage, &paths.tmp)?;
+    for name in &scratch {
+        let p = paths.tmp.join(name);
+        storage.remove_file(&p).map_err(StoreError::io(&p))?;
+    }
     Ok(out)
 }
 
@@ -183,13 +214,9 @@ fn list(names: &[String]) -> String {
     s
 }
 
-/// Moves `names` from `layers/` into a new `quarantine/<time>/layers/`.
-fn quarantine(
-    storage: &dyn Storage,
-    root: &Path,
-    paths: &LayerPaths,
-    names: &[String],
-) -> Result<PathBuf> {
+/// Moves each `(subdir, name)` from `REPO/subdir/` into a new
+/// `quarantine/<time>/subdir/`.
+fn quarantine(storage: &dyn Storage, root: &Path, items: &[(&str, String)]) -> Result<PathBuf> {
     let qroot = root.join(QUARANTINE_DIR);
     let stamp = super::default_snapshot_name(super::now_ns()).to_string();
     let mut dir = qroot.join(&stamp);
@@ -198,99 +225,123 @@ fn quarantine(
         dir = qroot.join(format!("{stamp}.{n}"));
         n += 1;
     }
-    let target = dir.join("layers");
-    storage
-        .create_dir_all(&target)
-        .map_err(StoreError::io(&target))?;
-    for name in names {
-        let from = paths.dir.join(name);
+    let mut synced = vec![];
+    for (sub, name) in items {
+        let target = dir.join(sub);
+        storage
+            .create_dir_all(&target)
+            .map_err(StoreError::io(&target))?;
+        let from = root.join(sub).join(name);
         let to = target.join(name);
         log::info!("setting aside {} as {}", from.display(), to.display());
         storage.rename(&from, &to).map_err(StoreError::io(&from))?;
+        for d in [target, root.join(sub)] {
+            if !synced.contains(&d) {
+                synced.push(d);
+            }
+        }
     }
-    for d in [&target, &dir, &qroot, root, &paths.dir] {
+    synced.extend([dir.clone(), qroot, root.to_owned()]);
+    for d in &synced {
         format::sync_dir(storage, d)?;
     }
     Ok(dir)
 }
 
-fn empty_tmp(storage: &dyn Storage, tmp: &Path) -> Result<()> {
-    match storage.kind(tmp).map_err(StoreError::io(tmp))? {
-        Some(EntryKind::Dir) => {
-            for name in storage.read_dir(tmp).map_err(StoreError::io(tmp))? {
-                let p = tmp.join(name);
-                storage.remove_file(&p).map_err(StoreError::io(&p))?;
-            }
-            Ok(())
-        }
-        _ => storage.create_dir_all(tmp).map_err(StoreError::io(tmp)),
-    }
-}
-
-/// A file set aside in the quarantine.
+/// What was set aside: one entry per file or directory moved there.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QuarantinedFile {
     /// Relative to the repository.
     pub path: String,
+    /// Bytes it holds (a directory: all its files; a link: none).
     pub bytes: u64,
 }
 
-/// Every file in the quarantine.
-pub fn list_quarantine(storage: &dyn Storage, root: &Path) -> Result<Vec<QuarantinedFile>> {
+/// Every file and directory under `path` (itself included, deepest last),
+/// and the bytes of its files.
+fn tree(storage: &dyn Storage, path: &Path) -> Result<(Vec<(PathBuf, EntryKind)>, u64)> {
     let mut out = Vec::new();
-    let mut stack = vec![root.join(QUARANTINE_DIR)];
-    while let Some(dir) = stack.pop() {
-        if storage.kind(&dir).map_err(StoreError::io(&dir))? != Some(EntryKind::Dir) {
+    let mut bytes = 0;
+    let mut stack = vec![path.to_owned()];
+    while let Some(p) = stack.pop() {
+        let Some(kind) = storage.kind(&p).map_err(StoreError::io(&p))? else {
+            continue;
+        };
+        match kind {
+            EntryKind::Dir => {
+                for name in storage.read_dir(&p).map_err(StoreError::io(&p))? {
+                    stack.push(p.join(name));
+                }
+            }
+            EntryKind::File => {
+                bytes += storage
+                    .open(&p, false)
+                    .and_then(|f| f.len())
+                    .map_err(StoreError::io(&p))?;
+            }
+            EntryKind::Other => {}
+        }
+        out.push((p, kind));
+    }
+    Ok((out, bytes))
+}
+
+/// The items set aside: `quarantine/<time>/<subdir>/<name>`.
+fn items(storage: &dyn Storage, root: &Path) -> Result<Vec<PathBuf>> {
+    let q = root.join(QUARANTINE_DIR);
+    let mut out = Vec::new();
+    if storage.kind(&q).map_err(StoreError::io(&q))? != Some(EntryKind::Dir) {
+        return Ok(out);
+    }
+    for stamp in storage.read_dir(&q).map_err(StoreError::io(&q))? {
+        let d = q.join(stamp);
+        if storage.kind(&d).map_err(StoreError::io(&d))? != Some(EntryKind::Dir) {
+            out.push(d);
             continue;
         }
-        let mut names = storage.read_dir(&dir).map_err(StoreError::io(&dir))?;
-        names.sort();
-        for name in names {
-            let p = dir.join(name);
-            match storage.kind(&p).map_err(StoreError::io(&p))? {
-                Some(EntryKind::Dir) => stack.push(p),
-                Some(_) => {
-                    let bytes = storage
-                        .open(&p, false)
-                        .and_then(|f| f.len())
-                        .map_err(StoreError::io(&p))?;
-                    let rel = p.strip_prefix(root).unwrap_or(&p);
-                    out.push(QuarantinedFile {
-                        path: rel.display().to_string(),
-                        bytes,
-                    });
-                }
-                None => {}
+        for sub in storage.read_dir(&d).map_err(StoreError::io(&d))? {
+            let s = d.join(sub);
+            if storage.kind(&s).map_err(StoreError::io(&s))? != Some(EntryKind::Dir) {
+                out.push(s);
+                continue;
+            }
+            for name in storage.read_dir(&s).map_err(StoreError::io(&s))? {
+                out.push(s.join(name));
             }
         }
     }
-    out.sort_by(|a, b| a.path.cmp(&b.path));
+    out.sort();
     Ok(out)
 }
 
-/// Deletes the quarantine, returning what it held.
+/// Everything in the quarantine.
+pub fn list_quarantine(storage: &dyn Storage, root: &Path) -> Result<Vec<QuarantinedFile>> {
+    items(storage, root)?
+        .into_iter()
+        .map(|p| {
+            let (_, bytes) = tree(storage, &p)?;
+            let rel = p.strip_prefix(root).unwrap_or(&p);
+            Ok(QuarantinedFile {
+                path: rel.display().to_string(),
+                bytes,
+            })
+        })
+        .collect()
+}
+
+/// Deletes the quarantine; returns what it held.
 pub fn purge_quarantine(storage: &dyn Storage, root: &Path) -> Result<Vec<QuarantinedFile>> {
     let listed = list_quarantine(storage, root)?;
-    for f in &listed {
-        let p = root.join(&f.path);
-        storage.remove_file(&p).map_err(StoreError::io(&p))?;
-    }
-    // Directories deepest first (longest paths sort after their parents).
-    let mut dirs = Vec::new();
-    let mut stack = vec![root.join(QUARANTINE_DIR)];
-    while let Some(dir) = stack.pop() {
-        if storage.kind(&dir).map_err(StoreError::io(&dir))? != Some(EntryKind::Dir) {
-            continue;
+    let (all, _) = tree(storage, &root.join(QUARANTINE_DIR))?;
+    // Children come after their directory in `all`: remove from the end.
+    for (p, kind) in all.iter().rev() {
+        match kind {
+            EntryKind::Dir => storage.remove_dir(p),
+            _ => storage.remove_file(p),
         }
-        for name in storage.read_dir(&dir).map_err(StoreError::io(&dir))? {
-            stack.push(dir.join(name));
-        }
-        dirs.push(dir);
+        .map_err(StoreError::io(p))?;
     }
-    for d in dirs.iter().rev() {
-        storage.remove_dir(d).map_err(StoreError::io(d))?;
-    }
-    if !dirs.is_empty() {
+    if !all.is_empty() {
         format::sync_dir(storage, root)?;
     }
     Ok(listed)

@@ -17,7 +17,8 @@
 //!   layers/<id>.idx    a frozen layer's index       (document, kind "STRATIDX")
 //!   layers/<id>.log    a live layer's journal       (log, kind "STRATLOG")
 //!   quarantine/<time>/ files found on open that nothing names, set aside
-//!   tmp/               scratch for atomic replacement; emptied on open
+//!   tmp/               scratch for atomic replacement (NAME.PID.N.tmp), removed
+//!                      on open; anything else found there is set aside
 //! ```
 //!
 //! `<id>` is a layer id as 16 lower-case hex digits. Layer ids are handed out
@@ -525,7 +526,7 @@ pub fn apply_repairs(storage: &dyn Storage, path: &Path, repairs: &[Repair]) -> 
     let f = storage.open(path, true).map_err(StoreError::io(path))?;
     for r in repairs {
         log::warn!(
-            "{}: mending a damaged copy at offset {} from its good copy",
+            "{}: rewriting a damaged copy at offset {} (the data is intact)",
             path.display(),
             r.offset
         );
@@ -764,6 +765,18 @@ pub fn write_atomic(storage: &dyn Storage, tmp: &Path, path: &Path, contents: &[
             path: path.to_owned(),
             source,
         })
+}
+
+/// Whether a name in `tmp/` is one [`write_atomic`] makes
+/// (`NAME.PID.N.tmp`): scratch that nothing names, which open removes.
+pub fn is_scratch_name(name: &str) -> bool {
+    let Some(stem) = name.strip_suffix(".tmp") else {
+        return false;
+    };
+    let mut parts = stem.rsplitn(3, '.');
+    let digits =
+        |p: Option<&str>| p.is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    digits(parts.next()) && digits(parts.next()) && parts.next().is_some_and(|n| !n.is_empty())
 }
 
 /// Makes a directory's entries (creations, renames, removals) durable.
