@@ -35,12 +35,30 @@ pub struct Catalog {
     /// Snapshots by disk name. A disk's snapshots outlive the disk.
     pub snapshots: BTreeMap<DiskName, BTreeMap<SnapName, SnapshotRecord>>,
     pub layers: BTreeMap<LayerId, LayerRecord>,
-    /// Operations under way: the files each may have made.
+    /// Operations under way: the files each may have made, or is removing.
     pub intents: BTreeMap<u64, Intent>,
+    /// What each snapshot (by layer) stored, day by day: an entry for each
+    /// day a snapshot was taken, changed size, was renamed or went away.
+    /// Days without an entry carry the day before forward.
+    pub usage: BTreeMap<(LayerId, u32), UsageEntry>,
+}
+
+/// One snapshot's stored size on one day (days since 1970-01-01, UTC).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageEntry {
+    pub disk: DiskName,
+    pub snap: SnapName,
+    /// The most it stored that day.
+    pub bytes: u64,
+    /// It still existed at the end of the day (or now, for today).
+    pub alive: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DiskRecord {
+    /// Stable for the disk's life, whatever its name or live layer: the id
+    /// of its first live layer.
+    pub id: LayerId,
     pub size: u64,
     pub block_size: u32,
     /// The writable top layer; its parent chain is the disk's history.
@@ -66,6 +84,9 @@ pub struct LayerRecord {
     pub size: u64,
     /// Set once the layer is frozen; `None` while it is a live layer.
     pub frozen: Option<FrozenInfo>,
+    /// The data files it owns (each file has one owner): its own, and those
+    /// of deleted snapshots' layers merged into it.
+    pub files: Vec<LayerId>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -83,7 +104,17 @@ pub struct FrozenInfo {
 pub struct Intent {
     /// What the operation was, for people reading logs.
     pub what: String,
+    pub kind: IntentKind,
     pub files: Vec<(LayerId, LayerFileKind)>,
+}
+
+/// Whether an intent's files are being made or being removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum IntentKind {
+    /// Files an operation may create; if it never committed, they go.
+    Create,
+    /// Files the catalog no longer names, to be removed.
+    Remove,
 }
 
 /// One change a commit makes, as written in a catalog record.
@@ -103,6 +134,8 @@ pub enum Change {
     DelLayer(LayerId),
     PutIntent(u64, Intent),
     DelIntent(u64),
+    PutUsage((LayerId, u32), UsageEntry),
+    DelUsage((LayerId, u32)),
 }
 
 /// A record of the catalog file.
@@ -218,6 +251,13 @@ impl Catalog {
             Change::DelIntent,
             &mut out,
         );
+        diff_map(
+            &self.usage,
+            &next.usage,
+            Change::PutUsage,
+            Change::DelUsage,
+            &mut out,
+        );
         out
     }
 
@@ -264,6 +304,12 @@ impl Catalog {
                 Change::DelIntent(n) => {
                     self.intents.remove(&n);
                 }
+                Change::PutUsage(k, e) => {
+                    self.usage.insert(k, e);
+                }
+                Change::DelUsage(k) => {
+                    self.usage.remove(&k);
+                }
             }
         }
     }
@@ -288,11 +334,23 @@ impl Catalog {
                 let Some(parent) = self.layers.get(&p).filter(|_| p < *id) else {
                     return bad(format!("layer {id} has a missing or newer parent {p}"));
                 };
+                // A disk that grew keeps its smaller snapshots below it.
                 if parent.frozen.is_none()
                     || parent.block_size != layer.block_size
-                    || parent.size != layer.size
+                    || parent.size > layer.size
                 {
                     return bad(format!("layer {id} does not fit its parent {p}"));
+                }
+            }
+            if layer.frozen.is_none() && !layer.files.contains(id) {
+                return bad(format!("live layer {id} does not own its data file"));
+            }
+        }
+        let mut owner = BTreeMap::new();
+        for (id, layer) in &self.layers {
+            for f in &layer.files {
+                if f.0 >= self.next_layer || owner.insert(*f, *id).is_some() {
+                    return bad(format!("data file {f} has no single owner"));
                 }
             }
         }
@@ -361,11 +419,12 @@ impl Catalog {
         n
     }
 
-    /// The files the catalog says exist, by layer.
+    /// The files the catalog says exist: each layer's index or journal, and
+    /// the data files the layers own.
     pub fn expected_files(&self) -> Vec<(LayerId, LayerFileKind)> {
         let mut out = Vec::new();
         for (id, l) in &self.layers {
-            out.push((*id, LayerFileKind::Data));
+            out.extend(l.files.iter().map(|f| (*f, LayerFileKind::Data)));
             out.push((
                 *id,
                 if l.frozen.is_some() {
@@ -376,6 +435,98 @@ impl Catalog {
             ));
         }
         out
+    }
+
+    /// Each layer's children (the layers whose parent it is).
+    pub fn children(&self) -> BTreeMap<LayerId, Vec<LayerId>> {
+        let mut out: BTreeMap<LayerId, Vec<LayerId>> = BTreeMap::new();
+        for (id, l) in &self.layers {
+            if let Some(p) = l.parent {
+                out.entry(p).or_default().push(*id);
+            }
+        }
+        out
+    }
+
+    /// The snapshot that names layer `id`, if one does.
+    pub fn snapshot_of_layer(
+        &self,
+        id: LayerId,
+    ) -> Option<(&DiskName, &SnapName, &SnapshotRecord)> {
+        self.snapshots
+            .iter()
+            .flat_map(|(d, m)| m.iter().map(move |(s, r)| (d, s, r)))
+            .find(|(_, _, r)| r.layer == id)
+    }
+
+    /// Every layer some snapshot names, or some disk has as its live layer.
+    pub fn named_layers(&self) -> std::collections::BTreeSet<LayerId> {
+        let mut out: std::collections::BTreeSet<LayerId> =
+            self.disks.values().map(|d| d.live).collect();
+        for m in self.snapshots.values() {
+            out.extend(m.values().map(|r| r.layer));
+        }
+        out
+    }
+
+    /// Records today's usage entries for every snapshot whose stored size or
+    /// name changed, or that went away, since `before`.
+    pub fn note_usage(&mut self, before: &Catalog, day: u32) {
+        let now: BTreeMap<LayerId, (DiskName, SnapName, u64)> = self
+            .snapshots
+            .iter()
+            .flat_map(|(d, m)| m.iter().map(move |(s, r)| (d, s, r)))
+            .map(|(d, s, r)| {
+                let bytes = self
+                    .layers
+                    .get(&r.layer)
+                    .and_then(|l| l.frozen)
+                    .map_or(0, |f| f.stored_bytes);
+                (r.layer, (d.clone(), s.clone(), bytes))
+            })
+            .collect();
+        for (d, m) in &before.snapshots {
+            for (s, r) in m {
+                if !now.contains_key(&r.layer) {
+                    let key = (r.layer, day);
+                    let bytes = before
+                        .layers
+                        .get(&r.layer)
+                        .and_then(|l| l.frozen)
+                        .map_or(0, |f| f.stored_bytes);
+                    let bytes = self.usage.get(&key).map_or(bytes, |e| e.bytes.max(bytes));
+                    self.usage.insert(
+                        key,
+                        UsageEntry {
+                            disk: d.clone(),
+                            snap: s.clone(),
+                            bytes,
+                            alive: false,
+                        },
+                    );
+                }
+            }
+        }
+        for (layer, (disk, snap, bytes)) in now {
+            let key = (layer, day);
+            let last = self.usage.range((layer, 0)..=key).next_back();
+            let unchanged = last.is_some_and(|(_, e)| {
+                e.alive && e.bytes == bytes && e.disk == disk && e.snap == snap
+            });
+            if unchanged {
+                continue;
+            }
+            let most = self.usage.get(&key).map_or(bytes, |e| e.bytes.max(bytes));
+            self.usage.insert(
+                key,
+                UsageEntry {
+                    disk,
+                    snap,
+                    bytes: most,
+                    alive: true,
+                },
+            );
+        }
     }
 
     /// The disk's snapshots in the order they were taken.
@@ -593,6 +744,7 @@ mod tests {
         a.disks.insert(
             name("d"),
             DiskRecord {
+                id: LayerId(2),
                 size: 1 << 20,
                 block_size: 4096,
                 live: LayerId(2),
@@ -621,6 +773,7 @@ mod tests {
         );
         b.add_intent(Intent {
             what: "x".into(),
+            kind: IntentKind::Create,
             files: vec![(LayerId(4), LayerFileKind::Data)],
         });
         let mut replay = a.clone();

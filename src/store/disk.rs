@@ -29,13 +29,13 @@
 //! a write that failed half-way must not be frozen into a snapshot.
 
 use std::ops::Range;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use parking_lot::{Mutex, RwLock};
+use parking_lot::{Mutex, MutexGuard, RwLock};
 
-use super::catalog::CommitError;
 use super::error::{Result, StoreError};
-use super::extents::{BlockKind, OwnerMap};
+use super::extents::{BlockKind, ExtentSet, OwnerMap};
 use super::image::{self, ImageRead, Layout, Piece};
 use super::journal::Journal;
 use super::layer::{is_zero, FrozenIndex, Geometry, LayerFiles, LiveLayer};
@@ -49,8 +49,11 @@ pub(crate) struct DiskState {
 
 /// A disk's live, writable image.
 pub struct Disk {
-    name: DiskName,
-    geo: Geometry,
+    name: Mutex<DiskName>,
+    id: LayerId,
+    block_size: u32,
+    /// The disk's size in bytes; grows with [`Disk::grow`].
+    size: AtomicU64,
     files: Arc<LayerFiles>,
     snapshots: Mutex<()>,
     journal: Mutex<Journal>,
@@ -58,51 +61,106 @@ pub struct Disk {
     pub(crate) state: RwLock<DiskState>,
     /// Why the disk stopped accepting writes, once it has.
     latch: Mutex<Option<String>>,
+    /// Open handles that may write (registered by the mount).
+    writers: AtomicUsize,
 }
 
-/// What [`Disk::freeze`] froze.
-pub(crate) struct Frozen {
+/// What [`FreezeLock::prepare`] found: the layer being frozen, its index
+/// and the bytes it stores.
+pub(crate) struct Prepared {
     pub layer: LayerId,
     pub index: FrozenIndex,
+    pub stored_bytes: u64,
+}
+
+/// A disk held still for a freeze: its journal and writer locks.
+pub(crate) struct FreezeLock<'a> {
+    disk: &'a Disk,
+    journal: MutexGuard<'a, Journal>,
+    _writer: MutexGuard<'a, ()>,
+}
+
+/// Counts an open handle that may write to the disk, while it lives.
+pub struct WriterGuard {
+    disk: Arc<Disk>,
+}
+
+impl Drop for WriterGuard {
+    fn drop(&mut self) {
+        self.disk.writers.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Disk {
     pub(crate) fn new(
         name: DiskName,
+        id: LayerId,
         files: Arc<LayerFiles>,
         live: LiveLayer,
         journal: Journal,
         base: OwnerMap,
     ) -> Disk {
         Disk {
-            name,
-            geo: live.geo,
+            name: Mutex::new(name),
+            id,
+            block_size: live.geo.block_size,
+            size: AtomicU64::new(live.geo.size),
             files,
             snapshots: Mutex::new(()),
             journal: Mutex::new(journal),
             writer: Mutex::new(()),
             state: RwLock::new(DiskState { live, base }),
             latch: Mutex::new(None),
+            writers: AtomicUsize::new(0),
         }
     }
 
-    pub fn name(&self) -> &DiskName {
-        &self.name
+    pub fn name(&self) -> DiskName {
+        self.name.lock().clone()
+    }
+
+    pub(crate) fn set_name(&self, name: DiskName) {
+        *self.name.lock() = name;
+    }
+
+    /// Stable for the disk's life, whatever its name.
+    pub fn id(&self) -> LayerId {
+        self.id
     }
 
     pub fn block_size(&self) -> u32 {
-        self.geo.block_size
+        self.block_size
+    }
+
+    fn geo(&self) -> Geometry {
+        Geometry {
+            size: self.size.load(Ordering::Acquire),
+            block_size: self.block_size,
+        }
+    }
+
+    /// Registers a handle that may write (a mount's open `live.img`): while
+    /// one is registered, rollback and delete refuse unless forced.
+    pub fn register_writer(self: &Arc<Self>) -> WriterGuard {
+        self.writers.fetch_add(1, Ordering::Relaxed);
+        WriterGuard { disk: self.clone() }
+    }
+
+    /// Handles registered with [`Disk::register_writer`] and still open.
+    pub fn writers(&self) -> usize {
+        self.writers.load(Ordering::Relaxed)
     }
 
     fn check_range(&self, offset: u64, len: u64) -> Result<u64> {
+        let size = self.geo().size;
         offset
             .checked_add(len)
-            .filter(|&end| end <= self.geo.size)
+            .filter(|&end| end <= size)
             .ok_or_else(|| StoreError::OutOfRange {
-                disk: self.name.clone(),
+                disk: self.name(),
                 offset,
                 len,
-                size: self.geo.size,
+                size,
             })
     }
 
@@ -115,7 +173,7 @@ impl Disk {
     pub fn check_latch(&self) -> Result<()> {
         match self.latch.lock().as_ref() {
             Some(cause) => Err(StoreError::Latched {
-                disk: self.name.clone(),
+                disk: self.name(),
                 cause: cause.clone(),
             }),
             None => Ok(()),
@@ -135,10 +193,17 @@ impl Disk {
         if latch.is_none() {
             log::error!(
                 "disk '{}': {e}; it accepts no more writes until the repository is opened again",
-                self.name
+                self.name()
             );
             *latch = Some(e.to_string());
         }
+    }
+
+    /// Stops the disk for good: it was deleted. Handles still open on it get
+    /// `EIO` for every write.
+    pub(crate) fn retire(&self) {
+        let mut latch = self.latch.lock();
+        *latch = Some(format!("disk '{}' was deleted", self.name()));
     }
 
     /// Latches the disk on `e`, keeping the first cause, and returns `e`.
@@ -147,7 +212,7 @@ impl Disk {
         if latch.is_none() {
             log::error!(
                 "disk '{}': {e}; it accepts no more writes until the repository is opened again",
-                self.name
+                self.name()
             );
             *latch = Some(e.to_string());
         }
@@ -180,21 +245,21 @@ impl Disk {
     }
 
     fn discard_locked(&self, offset: u64, end: u64) -> Result<()> {
-        let bs = self.geo.block_size as u64;
+        let bs = self.block_size as u64;
         let first_full = offset.div_ceil(bs);
-        let end_full = if end == self.geo.size {
-            self.geo.blocks()
+        let end_full = if end == self.geo().size {
+            self.geo().blocks()
         } else {
             end / bs
         };
         if first_full >= end_full {
             return self.write_locked(offset, &vec![0u8; (end - offset) as usize]);
         }
-        let head = self.geo.block_start(first_full);
+        let head = self.geo().block_start(first_full);
         if offset < head {
             self.write_locked(offset, &vec![0u8; (head - offset) as usize])?;
         }
-        let full = self.geo.byte_range(first_full..end_full);
+        let full = self.geo().byte_range(first_full..end_full);
         let data = self.state.read().live.data.clone();
         data.punch_hole(full.start, full.end - full.start)
             .map_err(|e| self.io_err(full.start, e))?;
@@ -244,61 +309,16 @@ impl Disk {
             .map_err(|e| self.latch(StoreError::io(&path)(e)))
     }
 
-    /// Freezes the live layer, which must be `expect`, in place and makes
-    /// `fresh` the new live layer. Holds writers off only for the critical
-    /// section: the sync of what was written since [`Disk::sync_data`],
-    /// writing the index (with `write_index`), and the catalog commit
-    /// (`commit`). If either fails, nothing changes in memory and the caller
-    /// removes what it made; if the commit's outcome is unknown, the disk is
-    /// latched before any writer can go on.
-    pub(crate) fn freeze(
-        &self,
-        expect: LayerId,
-        fresh: LiveLayer,
-        fresh_journal: Journal,
-        write_index: impl FnOnce(LayerId, &FrozenIndex) -> Result<()>,
-        commit: impl FnOnce(LayerId, &FrozenIndex, u64) -> Result<(), CommitError>,
-    ) -> Result<Frozen, CommitError> {
-        let mut journal = self.journal.lock();
-        let _w = self.writer.lock();
-        self.check_latch().map_err(CommitError::NotWritten)?;
-        let (id, data, path, index) = {
-            let st = self.state.read();
-            (
-                st.live.id,
-                st.live.data.clone(),
-                st.live.data_path.clone(),
-                FrozenIndex::from_present(&st.live.present),
-            )
-        };
-        if id != expect {
-            return Err(CommitError::NotWritten(StoreError::invalid(
-                "snapshot",
-                format!(
-                    "disk '{}' changed its live layer under the snapshot",
-                    self.name
-                ),
-            )));
+    /// Holds the disk still for a freeze: takes its journal and writer
+    /// locks. Writers wait from here until the lock is dropped.
+    pub(crate) fn lock_freeze(&self) -> FreezeLock<'_> {
+        let journal = self.journal.lock();
+        let writer = self.writer.lock();
+        FreezeLock {
+            disk: self,
+            journal,
+            _writer: writer,
         }
-        data.sync_data()
-            .map_err(|e| CommitError::NotWritten(self.latch(StoreError::io(&path)(e))))?;
-        write_index(id, &index).map_err(CommitError::NotWritten)?;
-        let stored = data
-            .allocated_bytes()
-            .map_err(|e| CommitError::NotWritten(StoreError::io(&path)(e)))?;
-        if let Err(e) = commit(id, &index, stored) {
-            if let CommitError::Unknown(inner) = &e {
-                // The catalog may name the frozen layer or not: writes can
-                // go to neither layer until a reopen settles it.
-                self.latch_for(inner);
-            }
-            return Err(e);
-        }
-        let mut st = self.state.write();
-        st.base.cover(id, &index.data, &index.zero);
-        st.live = fresh;
-        *journal = fresh_journal;
-        Ok(Frozen { layer: id, index })
     }
 
     /// Appends the journal's "committed" record (see [`Journal::mark_committed`]).
@@ -307,9 +327,46 @@ impl Disk {
         journal.mark_committed().map_err(|e| self.latch(e))
     }
 
+    /// Replaces the live layer with `fresh`, over `base` (a rollback), with
+    /// the disk held still by `lock`.
+    pub(crate) fn replace_live(
+        &self,
+        lock: FreezeLock<'_>,
+        fresh: LiveLayer,
+        fresh_journal: Journal,
+        base: OwnerMap,
+    ) {
+        let FreezeLock { mut journal, .. } = lock;
+        let mut st = self.state.write();
+        self.size.store(fresh.geo.size, Ordering::Release);
+        st.live = fresh;
+        st.base = base;
+        *journal = fresh_journal;
+    }
+
+    /// Grows the disk to `size` bytes, with the disk held still by `lock`:
+    /// the live layer's file and journal follow (a journal that has not yet
+    /// when a crash comes is set right on open).
+    pub(crate) fn grow(&self, lock: &mut FreezeLock<'_>, size: u64) -> Result<()> {
+        let mut st = self.state.write();
+        let geo = Geometry {
+            size,
+            block_size: self.block_size,
+        };
+        st.live
+            .data
+            .set_len(size)
+            .map_err(|e| self.latch(StoreError::io(&st.live.data_path)(e)))?;
+        st.live.geo = geo;
+        self.size.store(size, Ordering::Release);
+        let present = st.live.present.clone();
+        lock.journal.set_geometry(geo);
+        lock.journal.rewrite(&present).map_err(|e| self.latch(e))
+    }
+
     fn io_err(&self, offset: u64, source: std::io::Error) -> StoreError {
         StoreError::Io {
-            path: format!("disk '{}' live layer at offset {offset}", self.name).into(),
+            path: format!("disk '{}' live layer at offset {offset}", self.name()).into(),
             source,
         }
     }
@@ -318,7 +375,7 @@ impl Disk {
     /// changes here.
     fn write_locked(&self, offset: u64, data: &[u8]) -> Result<()> {
         let end = offset + data.len() as u64;
-        let bs = self.geo.block_size as u64;
+        let bs = self.block_size as u64;
         let blocks = offset / bs..end.div_ceil(bs);
         let file = self.state.read().live.data.clone();
         let mut marks: Vec<(Range<u64>, BlockKind)> = Vec::new();
@@ -342,7 +399,7 @@ impl Disk {
             Ok(())
         };
         for b in blocks {
-            let br = self.geo.byte_range(b..b + 1);
+            let br = self.geo().byte_range(b..b + 1);
             let (ws, we) = (br.start.max(offset), br.end.min(end));
             let part = &data[(ws - offset) as usize..(we - offset) as usize];
             if ws == br.start && we == br.end {
@@ -405,17 +462,87 @@ impl Disk {
     fn read_base(&self, block: BlockNo, buf: &mut [u8]) -> Result<()> {
         let st = self.state.read();
         let base = BaseLayout {
-            geo: self.geo,
+            geo: self.geo(),
             map: &st.base,
             files: &self.files,
         };
-        image::read_at(&base, self.geo.block_start(block.0), buf)?;
+        image::read_at(&base, self.geo().block_start(block.0), buf)?;
         Ok(())
+    }
+
+    /// The live layer's id.
+    pub(crate) fn live_id(&self) -> LayerId {
+        self.state.read().live.id
+    }
+
+    /// Every block the live layer holds now, as data or zeros. It only
+    /// grows until the layer is frozen or dropped.
+    pub(crate) fn live_present(&self) -> ExtentSet {
+        let st = self.state.read();
+        let mut set = ExtentSet::new();
+        for (r, _) in st.live.present.runs() {
+            set.insert(r);
+        }
+        set
     }
 
     /// Bytes the live layer occupies on disk.
     pub fn live_stored_bytes(&self) -> Result<u64> {
         self.state.read().live.stored_bytes()
+    }
+}
+
+impl FreezeLock<'_> {
+    /// Syncs what was written since the unlocked syncs and describes the
+    /// live layer, which must be `expect`, as it will be frozen. Latches the
+    /// disk if the sync fails.
+    pub fn prepare(&self, expect: LayerId) -> Result<Prepared> {
+        let disk = self.disk;
+        disk.check_latch()?;
+        let (id, data, path, index) = {
+            let st = disk.state.read();
+            (
+                st.live.id,
+                st.live.data.clone(),
+                st.live.data_path.clone(),
+                FrozenIndex::from_present(st.live.id, &st.live.present),
+            )
+        };
+        if id != expect {
+            return Err(StoreError::invalid(
+                "snapshot",
+                format!(
+                    "disk '{}' changed its live layer under the snapshot",
+                    disk.name()
+                ),
+            ));
+        }
+        data.sync_data()
+            .map_err(|e| disk.latch(StoreError::io(&path)(e)))?;
+        let stored_bytes = data.allocated_bytes().map_err(StoreError::io(&path))?;
+        Ok(Prepared {
+            layer: id,
+            index,
+            stored_bytes,
+        })
+    }
+
+    /// Makes `fresh` the live layer over the frozen `prepared` (once the
+    /// catalog says so).
+    pub fn install(self, prepared: &Prepared, fresh: LiveLayer, fresh_journal: Journal) {
+        let FreezeLock {
+            disk, mut journal, ..
+        } = self;
+        let mut st = disk.state.write();
+        prepared.index.cover(prepared.layer, &mut st.base);
+        st.live = fresh;
+        *journal = fresh_journal;
+    }
+
+    /// The commit's outcome is unknown: writes can go to neither layer
+    /// until a reopen settles it.
+    pub fn latch(&self, e: &StoreError) {
+        self.disk.latch_for(e);
     }
 }
 
@@ -450,13 +577,13 @@ impl Layout for BaseLayout<'_> {
 
 impl Layout for Disk {
     fn geometry(&self) -> Geometry {
-        self.geo
+        self.geo()
     }
 
     fn pieces(&self, blocks: Range<u64>) -> Result<Vec<(Range<u64>, Piece)>> {
         let st = self.state.read();
         let base = BaseLayout {
-            geo: self.geo,
+            geo: self.geo(),
             map: &st.base,
             files: &self.files,
         };
@@ -474,7 +601,7 @@ impl Layout for Disk {
 
 impl ImageRead for Disk {
     fn size(&self) -> u64 {
-        self.geo.size
+        self.geo().size
     }
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
         image::read_at(self, offset, buf)
@@ -483,6 +610,6 @@ impl ImageRead for Disk {
         image::probe(self, offset, true)
     }
     fn seek_hole(&self, offset: u64) -> Result<u64> {
-        Ok(image::probe(self, offset, false)?.unwrap_or(self.geo.size))
+        Ok(image::probe(self, offset, false)?.unwrap_or(self.geo().size))
     }
 }

@@ -85,6 +85,51 @@ impl ExtentSet {
         self.runs.iter().map(|(&s, &e)| (s, e - s)).collect()
     }
 
+    /// The blocks in both sets.
+    pub fn intersection(&self, other: &ExtentSet) -> ExtentSet {
+        let (small, large) = if self.runs.len() <= other.runs.len() {
+            (self, other)
+        } else {
+            (other, self)
+        };
+        let mut out = ExtentSet::new();
+        for r in small.runs() {
+            for (seg, inside) in large.segments(r) {
+                if inside {
+                    out.insert(seg);
+                }
+            }
+        }
+        out
+    }
+
+    /// The blocks of `self` not in `other`.
+    pub fn difference(&self, other: &ExtentSet) -> ExtentSet {
+        let mut out = ExtentSet::new();
+        for r in self.runs() {
+            for (seg, inside) in other.segments(r) {
+                if !inside {
+                    out.insert(seg);
+                }
+            }
+        }
+        out
+    }
+
+    /// Adds every block of `other`.
+    pub fn union_with(&mut self, other: &ExtentSet) {
+        for r in other.runs() {
+            self.insert(r);
+        }
+    }
+
+    /// Whether every block of `other` is in `self`.
+    pub fn covers(&self, other: &ExtentSet) -> bool {
+        other
+            .runs()
+            .all(|r| self.segments(r).iter().all(|(_, inside)| *inside))
+    }
+
     /// Splits `range` into consecutive pieces, each wholly inside the set
     /// (`true`) or wholly outside it (`false`).
     pub fn segments(&self, range: Range<u64>) -> Vec<(Range<u64>, bool)> {
@@ -265,11 +310,13 @@ impl<V: Copy + Eq> RunMap<V> {
     }
 }
 
-/// Who holds a block's newest copy in a chain: a layer, as data or as zeros.
+/// Who holds a block's newest copy in a chain: a data file (named by the
+/// layer that made it), or a layer that holds the block as zeros.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Owner {
+    /// The data file, or for a zero block the layer holding it.
     pub layer: LayerId,
-    /// The layer holds the block as zeros (reads touch no file).
+    /// The block is zeros (reads touch no file).
     pub zero: bool,
 }
 
@@ -278,24 +325,24 @@ pub struct Owner {
 pub type OwnerMap = RunMap<Owner>;
 
 impl OwnerMap {
-    /// Makes `layer` the owner of its data and zero blocks, over the layers
-    /// below: how a newer layer covers the ones below it.
-    pub fn cover(&mut self, layer: LayerId, data: &ExtentSet, zero: &ExtentSet) {
-        for r in data.runs() {
-            self.paint(r, Owner { layer, zero: false });
+    /// Makes layer `layer` the owner of the blocks its index names, over the
+    /// layers below: how a newer layer covers the ones below it. Data blocks
+    /// are owned by the data file they live in, zero blocks by the layer.
+    pub fn cover(&mut self, layer: LayerId, pieces: &[(LayerId, &ExtentSet)], zero: &ExtentSet) {
+        for (file, data) in pieces {
+            for r in data.runs() {
+                self.paint(
+                    r,
+                    Owner {
+                        layer: *file,
+                        zero: false,
+                    },
+                );
+            }
         }
         for r in zero.runs() {
             self.paint(r, Owner { layer, zero: true });
         }
-    }
-
-    /// The one layer that holds every block anyone holds, if there is one.
-    /// Its data file read as it is then equals the image: its zero blocks
-    /// and the blocks it does not hold are holes in it (see the format).
-    pub fn sole_layer(&self) -> Option<LayerId> {
-        let mut layers = self.runs().map(|(_, o)| o.layer);
-        let first = layers.next()?;
-        layers.all(|l| l == first).then_some(first)
     }
 }
 
@@ -345,6 +392,28 @@ mod tests {
                 pos = r.end;
             }
             prop_assert_eq!(pos, 211);
+        }
+
+        #[test]
+        fn set_operations_match_sets(
+            a in prop::collection::vec((0u64..150, 1u64..20), 0..20),
+            b in prop::collection::vec((0u64..150, 1u64..20), 0..20),
+        ) {
+            let sa = ExtentSet::from_extents(a.iter().copied());
+            let sb = ExtentSet::from_extents(b.iter().copied());
+            let ma: BTreeSet<u64> = a.iter().flat_map(|&(s, n)| s..s + n).collect();
+            let mb: BTreeSet<u64> = b.iter().flat_map(|&(s, n)| s..s + n).collect();
+            let inter = sa.intersection(&sb);
+            let diff = sa.difference(&sb);
+            let mut uni = sa.clone();
+            uni.union_with(&sb);
+            for x in 0..180 {
+                prop_assert_eq!(inter.contains(x), ma.contains(&x) && mb.contains(&x));
+                prop_assert_eq!(diff.contains(x), ma.contains(&x) && !mb.contains(&x));
+                prop_assert_eq!(uni.contains(x), ma.contains(&x) || mb.contains(&x));
+            }
+            prop_assert_eq!(uni.covers(&sa), true);
+            prop_assert_eq!(sa.covers(&sb), mb.is_subset(&ma));
         }
 
         #[test]

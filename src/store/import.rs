@@ -72,12 +72,14 @@ pub(crate) fn check(src: &ImportSource) -> Result<Checked> {
         ));
     };
     let size = match (own, src.size) {
-        (Some(own), Some(given)) if own != given => return Err(refused(
-            src.name,
-            format!(
+        (Some(own), Some(given)) if own != given => {
+            return Err(refused(
+                src.name,
+                format!(
                 "it is {own} bytes, but --size says {given}; leave --size out to import it whole"
             ),
-        )),
+            ))
+        }
         (Some(own), _) => own,
         (None, Some(given)) => given,
         (None, None) => return Err(refused(

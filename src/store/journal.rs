@@ -93,9 +93,11 @@ impl Journal {
                 "it belongs to another repository",
             ));
         }
-        if header.layer != id.0 || header.block_size != geo.block_size || header.size != geo.size {
+        // A disk that grew may have crashed before its journal said so.
+        if header.layer != id.0 || header.block_size != geo.block_size || header.size > geo.size {
             return Err(StoreError::corrupt(&path, "it belongs to another layer"));
         }
+        let grown = header.size < geo.size;
         let mut present = PresentMap::new();
         for (i, r) in log.records.iter().enumerate() {
             let (data, zero) = match format::decode(&path, r)? {
@@ -130,7 +132,7 @@ impl Journal {
                 .and_then(|_| file.sync_data())
                 .map_err(StoreError::io(&path))?;
         }
-        let journal = Journal {
+        let mut journal = Journal {
             files,
             id,
             geo,
@@ -139,6 +141,9 @@ impl Journal {
             end: log.end,
             next_seq: log.records.len() as u64 + 1,
         };
+        if grown {
+            journal.rewrite(&present)?;
+        }
         Ok((journal, present))
     }
 
@@ -184,6 +189,11 @@ impl Journal {
                 Ok(JournalRecord::Committed)
             )
         })
+    }
+
+    /// The layer's new size, once the disk grew; the next rewrite records it.
+    pub fn set_geometry(&mut self, geo: Geometry) {
+        self.geo = geo;
     }
 
     /// Whether the journal has grown well past a single record of `present`.

@@ -19,7 +19,7 @@ use parking_lot::Mutex;
 
 use super::error::{Result, StoreError};
 use super::extents::{BlockKind, ExtentSet, PresentMap};
-use super::format::{self, LayerFileKind, LayerIndex, MAGIC_INDEX};
+use super::format::{self, IndexPiece, LayerFileKind, LayerIndex, MAGIC_INDEX};
 use super::names::LayerId;
 use super::storage::{Storage, StorageFile};
 
@@ -180,22 +180,126 @@ impl LayerFiles {
     }
 }
 
-/// A frozen layer's index, checked.
+/// Data blocks of a frozen layer that live in one data file.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FrozenIndex {
+pub struct Piece {
+    /// The data file (named by the layer that made it).
+    pub file: LayerId,
     pub data: ExtentSet,
-    pub zero: ExtentSet,
-    /// One CRC-32C per data block, once computed.
+    /// One CRC-32C per block of `data`, once computed.
     pub checksums: Option<Vec<u32>>,
 }
 
-impl FrozenIndex {
-    pub fn from_present(present: &PresentMap) -> FrozenIndex {
-        FrozenIndex {
-            data: ExtentSet::from_extents(present.extents_of(BlockKind::Data)),
-            zero: ExtentSet::from_extents(present.extents_of(BlockKind::Zero)),
-            checksums: None,
+impl Piece {
+    /// This piece without the blocks of `drop`, checksums kept for the rest.
+    fn without(&self, drop: &ExtentSet) -> Piece {
+        let data = self.data.difference(drop);
+        let checksums = self.checksums.as_ref().map(|sums| {
+            let mut kept = Vec::with_capacity(data.blocks() as usize);
+            let mut it = sums.iter();
+            for r in self.data.runs() {
+                for b in r {
+                    let sum = it.next().copied().unwrap_or(0);
+                    if data.contains(b) {
+                        kept.push(sum);
+                    }
+                }
+            }
+            kept
+        });
+        Piece {
+            file: self.file,
+            data,
+            checksums,
         }
+    }
+}
+
+/// A frozen layer's index, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FrozenIndex {
+    pub pieces: Vec<Piece>,
+    pub zero: ExtentSet,
+}
+
+impl FrozenIndex {
+    /// The index of live layer `id` frozen as it is: one piece, its own file.
+    pub fn from_present(id: LayerId, present: &PresentMap) -> FrozenIndex {
+        FrozenIndex {
+            pieces: vec![Piece {
+                file: id,
+                data: ExtentSet::from_extents(present.extents_of(BlockKind::Data)),
+                checksums: None,
+            }],
+            zero: ExtentSet::from_extents(present.extents_of(BlockKind::Zero)),
+        }
+    }
+
+    /// Every block the layer holds, as data or as zeros.
+    pub fn present(&self) -> ExtentSet {
+        let mut all = self.zero.clone();
+        for p in &self.pieces {
+            all.union_with(&p.data);
+        }
+        all
+    }
+
+    /// Data blocks held, in all pieces.
+    pub fn data_blocks(&self) -> u64 {
+        self.pieces.iter().map(|p| p.data.blocks()).sum()
+    }
+
+    /// The data files its pieces name.
+    pub fn files(&self) -> Vec<LayerId> {
+        let mut f: Vec<LayerId> = self.pieces.iter().map(|p| p.file).collect();
+        f.sort();
+        f.dedup();
+        f
+    }
+
+    /// Makes layer `id` own, in `map`, the blocks it holds.
+    pub fn cover(&self, id: LayerId, map: &mut super::extents::OwnerMap) {
+        let pieces: Vec<(LayerId, &ExtentSet)> =
+            self.pieces.iter().map(|p| (p.file, &p.data)).collect();
+        map.cover(id, &pieces, &self.zero);
+    }
+
+    /// Whether the layer's data all lives in its own file `id`.
+    pub fn own_file_only(&self, id: LayerId) -> bool {
+        self.pieces
+            .iter()
+            .all(|p| p.file == id || p.data.is_empty())
+    }
+
+    /// The index without the blocks of `drop`, and the data blocks dropped,
+    /// by file (what is to be punched).
+    pub fn without(&self, drop: &ExtentSet) -> (FrozenIndex, Vec<(LayerId, ExtentSet)>) {
+        let mut garbage = Vec::new();
+        let mut pieces = Vec::new();
+        for p in &self.pieces {
+            let gone = p.data.intersection(drop);
+            if !gone.is_empty() {
+                garbage.push((p.file, gone));
+            }
+            let kept = p.without(drop);
+            if !kept.data.is_empty() {
+                pieces.push(kept);
+            }
+        }
+        let idx = FrozenIndex {
+            pieces,
+            zero: self.zero.difference(drop),
+        };
+        (idx, garbage)
+    }
+
+    /// Takes over what `below` holds that this layer does not: how a
+    /// deleted snapshot's layer is merged into the layer above it. Pieces
+    /// move; no data does.
+    pub fn absorb(&mut self, below: &FrozenIndex) {
+        let (rest, _) = below.without(&self.present());
+        self.zero.union_with(&rest.zero);
+        self.pieces.extend(rest.pieces);
     }
 
     fn to_payload(&self, files: &LayerFiles, id: LayerId, geo: Geometry) -> LayerIndex {
@@ -204,9 +308,16 @@ impl FrozenIndex {
             layer: id.0,
             block_size: geo.block_size,
             size: geo.size,
-            data: self.data.to_extents(),
+            pieces: self
+                .pieces
+                .iter()
+                .map(|p| IndexPiece {
+                    file: p.file.0,
+                    data: p.data.to_extents(),
+                    checksums: p.checksums.clone(),
+                })
+                .collect(),
             zero: self.zero.to_extents(),
-            checksums: self.checksums.clone(),
         }
     }
 }
@@ -250,30 +361,32 @@ pub fn read_index(files: &LayerFiles, id: LayerId, geo: Geometry) -> Result<Froz
     if idx.layer != id.0 || idx.block_size != geo.block_size || idx.size != geo.size {
         return Err(StoreError::corrupt(&path, "it belongs to another layer"));
     }
-    let data_blocks = check_extents(&path, "data", &idx.data, geo.blocks())?;
-    check_extents(&path, "zero", &idx.zero, geo.blocks())?;
-    let data = ExtentSet::from_extents(idx.data);
-    let zero = ExtentSet::from_extents(idx.zero);
-    if zero
-        .runs()
-        .any(|r| data.segments(r).iter().any(|(_, inside)| *inside))
-    {
-        return Err(StoreError::corrupt(&path, "a block is both data and zero"));
-    }
-    if idx
-        .checksums
-        .as_ref()
-        .is_some_and(|c| c.len() as u64 != data_blocks)
-    {
-        return Err(StoreError::corrupt(
-            &path,
-            "checksum count does not match its data blocks",
-        ));
+    let blocks = geo.blocks();
+    check_extents(&path, "zero", &idx.zero, blocks)?;
+    let mut seen = ExtentSet::from_extents(idx.zero.iter().copied());
+    let mut pieces = Vec::with_capacity(idx.pieces.len());
+    for p in idx.pieces {
+        let n = check_extents(&path, "data", &p.data, blocks)?;
+        let data = ExtentSet::from_extents(p.data);
+        if !seen.intersection(&data).is_empty() {
+            return Err(StoreError::corrupt(&path, "a block is held twice"));
+        }
+        if p.checksums.as_ref().is_some_and(|c| c.len() as u64 != n) {
+            return Err(StoreError::corrupt(
+                &path,
+                "checksum count does not match its data blocks",
+            ));
+        }
+        seen.union_with(&data);
+        pieces.push(Piece {
+            file: LayerId(p.file),
+            data,
+            checksums: p.checksums,
+        });
     }
     Ok(FrozenIndex {
-        data,
-        zero,
-        checksums: idx.checksums,
+        zero: ExtentSet::from_extents(idx.zero),
+        pieces,
     })
 }
 
@@ -317,20 +430,15 @@ pub fn replace_index(
     format::write_atomic(files.storage(), &files.paths().tmp, &path, &bytes)
 }
 
-/// CRC-32C of every data block of a frozen layer, in block order.
-pub fn compute_checksums(
-    files: &LayerFiles,
-    id: LayerId,
-    geo: Geometry,
-    data: &ExtentSet,
-) -> Result<Vec<u32>> {
-    let file = files.get(id)?;
-    let path = files.paths().data(id);
+/// CRC-32C of every data block of a piece, in block order.
+pub fn compute_checksums(files: &LayerFiles, geo: Geometry, piece: &Piece) -> Result<Vec<u32>> {
+    let file = files.get(piece.file)?;
+    let path = files.paths().data(piece.file);
     let bs = geo.block_size as u64;
     let chunk_blocks = ((1u64 << 20) / bs).max(1);
     let mut buf = vec![0u8; (chunk_blocks * bs) as usize];
-    let mut sums = Vec::with_capacity(data.blocks() as usize);
-    for run in data.runs() {
+    let mut sums = Vec::with_capacity(piece.data.blocks() as usize);
+    for run in piece.data.runs() {
         let mut b = run.start;
         while b < run.end {
             let n = chunk_blocks.min(run.end - b);
@@ -402,11 +510,17 @@ impl LiveLayer {
             .open(&data_path, true)
             .map_err(StoreError::io(&data_path))?;
         let len = data.len().map_err(StoreError::io(&data_path))?;
-        if len != geo.size {
+        if len > geo.size {
             return Err(StoreError::corrupt(
                 &data_path,
                 format!("it is {len} bytes long, the disk is {}", geo.size),
             ));
+        }
+        if len < geo.size {
+            // The disk grew, and a crash came before its file did.
+            data.set_len(geo.size)
+                .and_then(|_| data.sync_data())
+                .map_err(StoreError::io(&data_path))?;
         }
         let layer = LiveLayer {
             id,

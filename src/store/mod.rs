@@ -4,11 +4,15 @@
 //! # Model
 //!
 //! A disk is a chain of layers: a writable live layer on top of frozen
-//! layers, each a sparse file of blocks (see [`format`] for every file and
+//! layers, each holding some blocks (see [`format`] for every file and
 //! field). A snapshot names a frozen layer; its image is that layer's chain.
-//! Reads go through an owner map (block → layer), so their cost does not
-//! depend on chain depth. Taking a snapshot freezes the live layer in place
-//! and starts an empty one: no data is copied.
+//! Layers form a tree: a disk made from a snapshot starts a branch.
+//! Reads go through an owner map (block → the data file holding its newest
+//! copy), so their cost does not depend on chain depth. Taking a snapshot
+//! freezes the live layer in place and starts an empty one: no data is
+//! copied. Deleting one drops the blocks the layers above it cover, and
+//! merges what is left into the layer above: no data is copied either
+//! ([`ops`]).
 //!
 //! All file I/O goes through one [`storage::Storage`], so the same engine
 //! runs on the local file system, on a power-loss simulator and on a fault
@@ -25,7 +29,9 @@
 //! - Before an operation creates a file it commits an intent naming it, so
 //!   after a crash, opening the repository removes exactly the files of
 //!   operations that never committed, and sets aside (never deletes) any
-//!   other file nothing names ([`recovery`]).
+//!   other file nothing names ([`recovery`]). Files an operation removes
+//!   are named in an intent too, committed with the change that stops
+//!   naming them.
 //! - A failed write or sync latches the disk ([`disk`]); a failed catalog
 //!   write that cannot be proven undone latches the repository. Nothing is
 //!   acknowledged again until the repository is opened again.
@@ -33,17 +39,21 @@
 //! # Locks
 //!
 //! One process holds a repository: a POSIX record lock on `REPO/lock`. In
-//! the process, lock order is: a disk's snapshot, journal, writer and state
-//! locks (see [`disk`]), then `Inner::disks`, then `Inner::catalog`, then
-//! the owner-map and layer-file caches. No lock is held across a call into
-//! another disk.
+//! the process, lock order is: a disk's snapshot lock, then
+//! `Inner::structure`, then the disk's journal, writer and state locks
+//! (see [`disk`]), then `Inner::disks`, then `Inner::catalog`, then the
+//! owner-map and layer-file caches and `Inner::views`. No lock is held
+//! across a call into another disk, except that a snapshot of several disks
+//! takes their locks in the order of their names.
 //!
 //! | operation | takes |
 //! | --- | --- |
 //! | read | state (read), the caches |
 //! | write, discard | writer, state |
 //! | flush | journal, writer (only to take the changes), state |
-//! | snapshot | snapshot (throughout), journal (its syncs), journal + writer (the freeze), catalog |
+//! | snapshot | snapshot lock (throughout), journal (its syncs), structure + journal + writer (the freeze), catalog |
+//! | delete, tidy, gc, full, rename | structure, catalog, state (read, of live layers) |
+//! | rollback, resize, disk delete | snapshot lock, structure, journal + writer, catalog |
 //! | disk create / import | catalog (each commit) |
 //! | open | the repository lock; everything else is not yet shared |
 
@@ -58,6 +68,7 @@ pub mod import;
 pub mod journal;
 pub mod layer;
 pub mod names;
+pub mod ops;
 pub mod recovery;
 pub mod snapshot;
 pub mod storage;
@@ -73,9 +84,7 @@ use lru::LruCache;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
-use catalog::{
-    Catalog, CatalogFile, CommitError, DiskRecord, FrozenInfo, Intent, LayerRecord, SnapshotRecord,
-};
+use catalog::{Catalog, CatalogFile, CommitError, FrozenInfo, Intent, IntentKind, SnapshotRecord};
 pub use disk::Disk;
 pub use error::{Result, StoreError};
 pub use export::{export, ExportStats, ExportTarget};
@@ -86,6 +95,11 @@ pub use import::ImportSource;
 use journal::Journal;
 use layer::{Geometry, LayerFiles, LayerPaths, LiveLayer};
 pub use names::{DiskName, ImageRef, LayerId, SnapName, SnapshotRef};
+pub use ops::delete::DeleteReport;
+pub use ops::gc::GcReport;
+pub use ops::prune::{PruneReport, Retention};
+pub use ops::snapshot::{Critical, SnapshotOptions};
+pub use ops::usage::{DailyUsage, UsageReport};
 pub use recovery::QuarantinedFile;
 pub use snapshot::Snapshot;
 use storage::{EntryKind, LocalStorage, LockOutcome, Storage};
@@ -116,6 +130,9 @@ pub struct DiskInfo {
     pub live_bytes: u64,
     /// Unix nanoseconds.
     pub created: u64,
+    /// Stable for the disk's life, whatever its name.
+    #[serde(skip)]
+    pub id: LayerId,
 }
 
 /// A snapshot as `snapshot list` shows it.
@@ -125,15 +142,52 @@ pub struct SnapshotInfo {
     pub name: String,
     /// Unix nanoseconds when taken.
     pub taken: u64,
-    /// Bytes this snapshot itself stores (its delta).
+    /// Bytes this snapshot itself stores.
     pub stored_bytes: u64,
-    /// Blocks this snapshot itself holds.
+    /// Blocks this snapshot itself holds (data and zeros).
     pub blocks: u64,
     pub size: u64,
     pub block_size: u32,
+    /// Needs no other snapshot: reads nothing from an older layer.
+    pub full: bool,
     #[serde(skip)]
     pub layer: LayerId,
 }
+
+/// What changed in a repository, for those that show it (the mount).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    SnapshotGone {
+        disk: DiskName,
+        snap: SnapName,
+        layer: LayerId,
+    },
+    SnapshotRenamed {
+        disk: DiskName,
+        from: SnapName,
+        to: SnapName,
+        layer: LayerId,
+    },
+    /// What it stores (its `du`) changed; its bytes never do.
+    SnapshotChanged {
+        layer: LayerId,
+    },
+    DiskGone {
+        disk: DiskName,
+    },
+    DiskRenamed {
+        from: DiskName,
+        to: DiskName,
+    },
+    /// The live image's content (rollback) or size (resize) changed.
+    LiveChanged {
+        disk: DiskName,
+        id: LayerId,
+    },
+}
+
+/// Hears of every change, once it is durable.
+type Listener = Box<dyn Fn(&Event) + Send + Sync>;
 
 /// An open repository. Dropping it flushes every open disk.
 pub struct Repository {
@@ -148,7 +202,11 @@ struct Inner {
     catalog: Mutex<CatalogState>,
     files: Arc<LayerFiles>,
     disks: Mutex<HashMap<DiskName, Arc<Disk>>>,
-    maps: Mutex<LruCache<LayerId, Arc<OwnerMap>>>,
+    maps: Mutex<LruCache<LayerId, Arc<ImageMap>>>,
+    /// Held by everything that changes the shape of the layer tree.
+    structure: Mutex<()>,
+    views: Arc<Views>,
+    listeners: Mutex<Vec<Listener>>,
     notices: Vec<String>,
 }
 
@@ -159,6 +217,55 @@ struct CatalogState {
     latch: Option<String>,
 }
 
+/// A frozen chain's owner map, and whether one data file alone is its image.
+pub(crate) struct ImageMap {
+    pub map: OwnerMap,
+    /// The data file that, read as it is, is the whole image (FUSE
+    /// passthrough): set for a layer with no parent whose data all lives in
+    /// its own file.
+    pub flat: Option<LayerId>,
+}
+
+/// Open snapshot images, by their top layer. A deleted snapshot's layer is
+/// not trimmed or merged while an image of it is open, so that it reads the
+/// same until it is closed.
+#[derive(Default)]
+pub(crate) struct Views {
+    open: Mutex<HashMap<LayerId, usize>>,
+}
+
+/// Keeps a snapshot's layer as it is while an image of it is open.
+pub(crate) struct ViewGuard {
+    views: Arc<Views>,
+    layer: LayerId,
+}
+
+impl Views {
+    fn open(self: &Arc<Self>, layer: LayerId) -> ViewGuard {
+        *self.open.lock().entry(layer).or_default() += 1;
+        ViewGuard {
+            views: self.clone(),
+            layer,
+        }
+    }
+
+    fn is_open(&self, layer: LayerId) -> bool {
+        self.open.lock().get(&layer).is_some_and(|&n| n > 0)
+    }
+}
+
+impl Drop for ViewGuard {
+    fn drop(&mut self) {
+        let mut open = self.views.open.lock();
+        if let Some(n) = open.get_mut(&self.layer) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.layer);
+            }
+        }
+    }
+}
+
 /// Unix nanoseconds now.
 pub fn now_ns() -> u64 {
     SystemTime::now()
@@ -167,22 +274,32 @@ pub fn now_ns() -> u64 {
         .unwrap_or(0)
 }
 
+/// A UTC time from Unix nanoseconds.
+pub fn utc(unix_ns: u64) -> jiff::civil::DateTime {
+    let ts = jiff::Timestamp::from_nanosecond(i128::from(unix_ns))
+        .ok()
+        .unwrap_or(jiff::Timestamp::UNIX_EPOCH);
+    ts.to_zoned(jiff::tz::TimeZone::UTC).datetime()
+}
+
+/// The UTC date `days` days after 1970-01-01.
+pub fn date_of_day(days: u32) -> jiff::civil::Date {
+    jiff::civil::date(1970, 1, 1)
+        .checked_add(jiff::Span::new().days(i64::from(days)))
+        .unwrap_or(jiff::civil::date(1970, 1, 1))
+}
+
+/// Days from 1970-01-01 to `date` (UTC), if it is not before it.
+pub fn day_of_date(date: jiff::civil::Date) -> Option<u32> {
+    let span = jiff::civil::date(1970, 1, 1)
+        .until((jiff::Unit::Day, date))
+        .ok()?;
+    u32::try_from(span.get_days()).ok()
+}
+
 /// `2026-11-22T14-05-00Z`: a UTC time as a portable file name.
 pub fn default_snapshot_name(unix_ns: u64) -> SnapName {
-    let secs = unix_ns / 1_000_000_000;
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (h, m, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
-    // Civil-from-days (Howard Hinnant's algorithm), days since 1970-01-01.
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(mo <= 2);
-    let name = format!("{y:04}-{mo:02}-{d:02}T{h:02}-{m:02}-{s:02}Z");
+    let name = utc(unix_ns).strftime("%Y-%m-%dT%H-%M-%SZ").to_string();
     SnapName::parse(&name).unwrap_or_else(|_| unreachable_name())
 }
 
@@ -203,6 +320,11 @@ fn random_id() -> u64 {
     }
     // No /dev/urandom: the time and the PID still differ between repositories.
     now_ns() ^ (u64::from(std::process::id()) << 32)
+}
+
+/// Today, as days since 1970-01-01 (UTC): the key of usage history.
+pub fn today() -> u32 {
+    (now_ns() / 86_400_000_000_000) as u32
 }
 
 impl Repository {
@@ -362,7 +484,7 @@ impl Repository {
         for n in &reconciled.notices {
             log::info!("{}: {n}", root.display());
         }
-        Ok(Repository {
+        let repo = Repository {
             inner: Arc::new(Inner {
                 root: root.to_owned(),
                 storage,
@@ -378,9 +500,14 @@ impl Repository {
                 maps: Mutex::new(LruCache::new(
                     NonZeroUsize::new(MAP_CACHE).unwrap_or(NonZeroUsize::MIN),
                 )),
+                structure: Mutex::new(()),
+                views: Arc::new(Views::default()),
+                listeners: Mutex::new(Vec::new()),
                 notices: reconciled.notices,
             }),
-        })
+        };
+        repo.ensure_reserve();
+        Ok(repo)
     }
 
     pub fn path(&self) -> &Path {
@@ -425,6 +552,17 @@ impl Repository {
         sys::lock_holder(&p).map_err(StoreError::io(&p))
     }
 
+    /// Calls `f` with every change made from now on, after it is durable.
+    pub fn subscribe(&self, f: impl Fn(&Event) + Send + Sync + 'static) {
+        self.inner.listeners.lock().push(Box::new(f));
+    }
+
+    fn emit(&self, e: Event) {
+        for f in self.inner.listeners.lock().iter() {
+            f(&e);
+        }
+    }
+
     /// Replaces the catalog with `f` applied to a copy of it. The in-memory
     /// catalog changes only once the new one is durable. On
     /// [`CommitError::NotWritten`] the caller may undo what it prepared; on
@@ -439,6 +577,7 @@ impl Repository {
         let mut next = state.cat.clone();
         let out = f(&mut next).map_err(CommitError::NotWritten)?;
         next.generation += 1;
+        next.note_usage(&state.cat, today());
         let state = &mut *state;
         if let Err(e) = state.file.commit(&state.cat, &next) {
             if let CommitError::Unknown(inner) = &e {
@@ -463,22 +602,29 @@ impl Repository {
         Ok(out)
     }
 
-    /// Commits, in one record, a new layer id and an intent naming the
-    /// files `files` says the operation will make with it. Returns the id,
-    /// what `files` returned, the files and the intent's number.
+    /// A copy of the catalog as it is now.
+    fn catalog(&self) -> Catalog {
+        self.inner.catalog.lock().cat.clone()
+    }
+
+    /// Commits, in one record, new layer ids (`count` of them) and an intent
+    /// naming the files `files` says the operation will make with them.
+    /// Returns the ids, what `files` returned, the files and the intent.
     fn intend<T>(
         &self,
         what: String,
-        files: impl FnOnce(&Catalog, LayerId) -> Result<(T, FileList)>,
-    ) -> Result<(LayerId, T, FileList, u64)> {
+        count: usize,
+        files: impl FnOnce(&Catalog, &[LayerId]) -> Result<(T, FileList)>,
+    ) -> Result<(Vec<LayerId>, T, FileList, u64)> {
         self.commit(|cat| {
-            let id = cat.allocate_layer();
-            let (out, made) = files(cat, id)?;
+            let ids: Vec<LayerId> = (0..count).map(|_| cat.allocate_layer()).collect();
+            let (out, made) = files(cat, &ids)?;
             let n = cat.add_intent(Intent {
                 what,
+                kind: IntentKind::Create,
                 files: made.clone(),
             });
-            Ok((id, out, made, n))
+            Ok((ids, out, made, n))
         })
         .map_err(CommitError::into_inner)
     }
@@ -487,6 +633,18 @@ impl Repository {
     /// the catalog does not name, and drops the intent. Best effort: what
     /// fails here is done by the next open.
     fn abandon(&self, intent: u64, files: &[(LayerId, LayerFileKind)]) {
+        self.remove_files(files);
+        if let Err(e) = self.commit(|cat| {
+            cat.intents.remove(&intent);
+            Ok(())
+        }) {
+            log::warn!("dropping intent {intent}: {}", e.into_inner());
+        }
+    }
+
+    /// Removes layer files the catalog does not name (best effort), and
+    /// forgets their open descriptors.
+    fn remove_files(&self, files: &[(LayerId, LayerFileKind)]) {
         let named: std::collections::BTreeSet<_> = self
             .inner
             .catalog
@@ -496,6 +654,9 @@ impl Repository {
             .into_iter()
             .collect();
         for &(id, kind) in files.iter().filter(|f| !named.contains(f)) {
+            if kind == LayerFileKind::Data {
+                self.inner.files.forget(id);
+            }
             let p = self.inner.paths.file(id, kind);
             match self.inner.storage.remove_file(&p) {
                 Ok(()) => {}
@@ -503,124 +664,6 @@ impl Repository {
                 Err(e) => log::warn!("removing {}: {e}", p.display()),
             }
         }
-        if let Err(e) = self.commit(|cat| {
-            cat.intents.remove(&intent);
-            Ok(())
-        }) {
-            log::warn!("dropping intent {intent}: {}", e.into_inner());
-        }
-    }
-
-    /// Creates an empty disk.
-    pub fn create_disk(&self, name: &DiskName, size: u64, block_size: u32) -> Result<DiskInfo> {
-        let size = catalog::check_disk_size(size)?;
-        let block_size = catalog::check_block_size(block_size as u64)?;
-        self.create_disk_with(name, Geometry { size, block_size }, |_| Ok(()))
-    }
-
-    /// Creates a disk whose live layer `fill` writes before the disk is
-    /// committed: if anything fails, no disk appears and no file is left.
-    fn create_disk_with(
-        &self,
-        name: &DiskName,
-        geo: Geometry,
-        fill: impl FnOnce(&mut LiveLayer) -> Result<()>,
-    ) -> Result<DiskInfo> {
-        if self.inner.catalog.lock().cat.disks.contains_key(name) {
-            return Err(StoreError::DiskExists(name.clone()));
-        }
-        let (id, (), made, intent) = self.intend(format!("create disk {name}"), |cat, id| {
-            if cat.disks.contains_key(name) {
-                return Err(StoreError::DiskExists(name.clone()));
-            }
-            Ok((
-                (),
-                vec![(id, LayerFileKind::Data), (id, LayerFileKind::Log)],
-            ))
-        })?;
-        let files = &self.inner.files;
-        let prepared = (|| {
-            let mut live = LiveLayer::create(files, id, geo)?;
-            let mut journal = Journal::create(files.clone(), id, geo)?;
-            format::sync_dir(files.storage(), &files.paths().dir)?;
-            fill(&mut live)?;
-            live.data
-                .sync_data()
-                .map_err(StoreError::io(&live.data_path))?;
-            let changes = live.take_unlogged();
-            if !changes.is_empty() {
-                journal.append(&changes)?;
-            }
-            Ok(journal)
-        })();
-        let mut journal = match prepared {
-            Ok(j) => j,
-            Err(e) => {
-                self.abandon(intent, &made);
-                return Err(e);
-            }
-        };
-        let committed = self.commit(|cat| {
-            if cat.disks.contains_key(name) {
-                return Err(StoreError::DiskExists(name.clone()));
-            }
-            cat.layers.insert(
-                id,
-                LayerRecord {
-                    parent: None,
-                    block_size: geo.block_size,
-                    size: geo.size,
-                    frozen: None,
-                },
-            );
-            cat.disks.insert(
-                name.clone(),
-                DiskRecord {
-                    size: geo.size,
-                    block_size: geo.block_size,
-                    live: id,
-                    created: now_ns(),
-                },
-            );
-            cat.intents.remove(&intent);
-            Ok(())
-        });
-        match committed {
-            Ok(()) => {
-                if let Err(e) = journal.mark_committed() {
-                    log::warn!("disk {name} is created, but its journal could not say so: {e}");
-                }
-                drop(journal);
-                self.disk_info(name)
-            }
-            Err(CommitError::NotWritten(e)) => {
-                self.abandon(intent, &made);
-                Err(e)
-            }
-            Err(CommitError::Unknown(e)) => Err(e),
-        }
-    }
-
-    /// Creates a disk from a raw image: a regular file (only its data
-    /// regions are read), a block device or a stream. All-zero blocks are
-    /// not stored. Fails, leaving no disk, if the source is shorter than it
-    /// said or changes size while it is read (see [`import`]).
-    pub fn import_disk(
-        &self,
-        name: &DiskName,
-        source: &ImportSource,
-        block_size: u32,
-        progress: &mut dyn FnMut(u64, u64),
-    ) -> Result<DiskInfo> {
-        let block_size = catalog::check_block_size(block_size as u64)?;
-        let checked = import::check(source)?;
-        let geo = Geometry {
-            size: checked.size,
-            block_size,
-        };
-        self.create_disk_with(name, geo, |live| {
-            import::copy_into(live, source, &checked, progress)
-        })
     }
 
     pub fn disks(&self) -> Result<Vec<DiskInfo>> {
@@ -634,6 +677,17 @@ impl Repository {
             .cloned()
             .collect();
         names.iter().map(|n| self.disk_info(n)).collect()
+    }
+
+    /// Names that have a disk directory: disks, and deleted disks whose
+    /// snapshots remain.
+    pub fn disk_names(&self) -> Vec<DiskName> {
+        let state = self.inner.catalog.lock();
+        let mut names: Vec<DiskName> = state.cat.disks.keys().cloned().collect();
+        names.extend(state.cat.snapshots.keys().cloned());
+        names.sort();
+        names.dedup();
+        names
     }
 
     pub fn disk_info(&self, name: &DiskName) -> Result<DiskInfo> {
@@ -673,6 +727,7 @@ impl Repository {
             used_bytes: live + snaps_bytes,
             live_bytes: live,
             created: rec.created,
+            id: rec.id,
         })
     }
 
@@ -682,7 +737,7 @@ impl Repository {
         if let Some(d) = disks.get(name) {
             return Ok(d.clone());
         }
-        let (rec, chain) = {
+        let (rec, parent) = {
             let state = self.inner.catalog.lock();
             let rec = state
                 .cat
@@ -690,8 +745,8 @@ impl Repository {
                 .get(name)
                 .cloned()
                 .ok_or_else(|| StoreError::NoSuchDisk(name.clone()))?;
-            let chain = state.cat.chain(rec.live);
-            (rec, chain)
+            let parent = state.cat.layers.get(&rec.live).and_then(|l| l.parent);
+            (rec, parent)
         };
         let geo = Geometry {
             size: rec.size,
@@ -700,221 +755,78 @@ impl Repository {
         let files = &self.inner.files;
         let (journal, present) = Journal::open(files.clone(), rec.live, geo)?;
         let live = LiveLayer::open(files, rec.live, geo, present)?;
-        let base = match chain.get(1) {
-            Some(&below) => OwnerMap::clone(self.frozen_map(below, geo)?.as_ref()),
+        let base = match parent {
+            Some(below) => OwnerMap::clone(&self.frozen_map(below)?.map),
             None => OwnerMap::new(),
         };
-        let disk = Arc::new(Disk::new(name.clone(), files.clone(), live, journal, base));
+        let disk = Arc::new(Disk::new(
+            name.clone(),
+            rec.id,
+            files.clone(),
+            live,
+            journal,
+            base,
+        ));
         disks.insert(name.clone(), disk.clone());
         Ok(disk)
+    }
+
+    /// The disk if it is open (recovered) already.
+    fn open_disk(&self, name: &DiskName) -> Option<Arc<Disk>> {
+        self.inner.disks.lock().get(name).cloned()
     }
 
     /// The owner map of the frozen chain that ends with `top`. Starts from
     /// the nearest ancestor whose map is cached (usually the snapshot just
     /// before), so walking a history oldest-first costs each layer once.
-    fn frozen_map(&self, top: LayerId, geo: Geometry) -> Result<Arc<OwnerMap>> {
+    fn frozen_map(&self, top: LayerId) -> Result<Arc<ImageMap>> {
         if let Some(m) = self.inner.maps.lock().get(&top) {
             return Ok(m.clone());
         }
-        let chain = self.inner.catalog.lock().cat.chain(top);
+        let (chain, geos) = {
+            let state = self.inner.catalog.lock();
+            let chain = state.cat.chain(top);
+            let geos: Vec<Geometry> = chain
+                .iter()
+                .map(|id| {
+                    let l = state.cat.layers.get(id);
+                    Geometry {
+                        size: l.map_or(0, |l| l.size),
+                        block_size: l.map_or(0, |l| l.block_size),
+                    }
+                })
+                .collect();
+            (chain, geos)
+        };
         let mut start = chain.len();
         let mut map = OwnerMap::new();
         {
             let mut maps = self.inner.maps.lock();
             for (i, id) in chain.iter().enumerate().skip(1) {
                 if let Some(m) = maps.get(id) {
-                    map = OwnerMap::clone(m);
+                    map = OwnerMap::clone(&m.map);
                     start = i;
                     break;
                 }
             }
         }
-        for &id in chain[..start].iter().rev() {
+        let mut flat = None;
+        for i in (0..start).rev() {
+            let (id, geo) = (chain[i], geos[i]);
             let idx = layer::read_index(&self.inner.files, id, geo)?;
-            map.cover(id, &idx.data, &idx.zero);
+            idx.cover(id, &mut map);
+            if i == 0 && chain.len() == 1 && idx.own_file_only(id) {
+                flat = Some(id);
+            }
         }
-        let map = Arc::new(map);
-        self.inner.maps.lock().put(top, map.clone());
-        Ok(map)
+        let image = Arc::new(ImageMap { map, flat });
+        self.inner.maps.lock().put(top, image.clone());
+        Ok(image)
     }
 
-    /// Freezes the disk's live layer as snapshot `name` (default: the UTC
-    /// time) and starts an empty live layer. Holds every write that completed
-    /// before the call; no data is copied. Writers wait only while the
-    /// index is written and the catalog commits: the data is synced before,
-    /// and the checksums are computed after.
-    pub fn snapshot(&self, disk_name: &DiskName, name: Option<SnapName>) -> Result<SnapshotInfo> {
-        let disk = self.disk(disk_name)?;
-        let _one_at_a_time = disk.lock_snapshots();
-        let taken = now_ns();
-        let name = match name {
-            Some(n) => {
-                let r = SnapshotRef {
-                    disk: disk_name.clone(),
-                    snap: n.clone(),
-                };
-                if self.snapshot_record(&r).is_some() {
-                    return Err(StoreError::SnapshotExists(r));
-                }
-                n
-            }
-            None => self.free_default_name(disk_name, taken),
-        };
-        // Make the data durable before writers are held off: sync again
-        // while a sync still finds much to write (what was written during
-        // the one before), so the sync under the lock has little left.
-        for _ in 0..4 {
-            let t = std::time::Instant::now();
-            disk.sync_data()?;
-            if t.elapsed() < PRESYNC_SETTLED {
-                break;
-            }
-        }
-        let geo = Geometry {
-            size: disk.size(),
-            block_size: disk.block_size(),
-        };
-        let (new_id, old, made, intent) =
-            self.intend(format!("snapshot {disk_name}@{name}"), |cat, new_id| {
-                let old = cat
-                    .disks
-                    .get(disk_name)
-                    .ok_or_else(|| StoreError::NoSuchDisk(disk_name.clone()))?
-                    .live;
-                let made = vec![
-                    (new_id, LayerFileKind::Data),
-                    (new_id, LayerFileKind::Log),
-                    (old, LayerFileKind::Index),
-                ];
-                Ok((old, made))
-            })?;
-        let files = &self.inner.files;
-        let fresh = LiveLayer::create(files, new_id, geo).and_then(|live| {
-            let journal = Journal::create(files.clone(), new_id, geo)?;
-            format::sync_dir(files.storage(), &files.paths().dir)?;
-            Ok((live, journal))
-        });
-        let (fresh, fresh_journal) = match fresh {
-            Ok(f) => f,
-            Err(e) => {
-                self.abandon(intent, &made);
-                return Err(e);
-            }
-        };
-        let snap_ref = SnapshotRef {
-            disk: disk_name.clone(),
-            snap: name.clone(),
-        };
-        let frozen = disk.freeze(
-            old,
-            fresh,
-            fresh_journal,
-            |id, idx| {
-                layer::write_new_index(files, id, geo, idx)?;
-                format::sync_dir(files.storage(), &files.paths().dir)
-            },
-            |id, idx, stored_bytes| {
-                self.commit(|cat| {
-                    if cat.disks.get(disk_name).map(|d| d.live) != Some(id) {
-                        return Err(StoreError::NoSuchDisk(disk_name.clone()));
-                    }
-                    if cat
-                        .snapshots
-                        .get(disk_name)
-                        .is_some_and(|m| m.contains_key(&name))
-                    {
-                        return Err(StoreError::SnapshotExists(snap_ref.clone()));
-                    }
-                    let seq = cat.next_seq;
-                    cat.next_seq += 1;
-                    if let Some(l) = cat.layers.get_mut(&id) {
-                        l.frozen = Some(FrozenInfo {
-                            blocks: idx.data.blocks() + idx.zero.blocks(),
-                            stored_bytes,
-                        });
-                    }
-                    cat.layers.insert(
-                        new_id,
-                        LayerRecord {
-                            parent: Some(id),
-                            block_size: geo.block_size,
-                            size: geo.size,
-                            frozen: None,
-                        },
-                    );
-                    if let Some(d) = cat.disks.get_mut(disk_name) {
-                        d.live = new_id;
-                    }
-                    cat.snapshots.entry(disk_name.clone()).or_default().insert(
-                        name.clone(),
-                        SnapshotRecord {
-                            layer: id,
-                            taken,
-                            seq,
-                        },
-                    );
-                    cat.intents.remove(&intent);
-                    Ok(())
-                })
-            },
-        );
-        let frozen = match frozen {
-            Ok(f) => f,
-            Err(CommitError::NotWritten(e)) => {
-                self.abandon(intent, &made);
-                return Err(e);
-            }
-            Err(CommitError::Unknown(e)) => return Err(e),
-        };
-        // Committed. What follows tells the new layer's journal so, tidies
-        // up and adds checksums; a failure latches the disk (the journal)
-        // or is logged, and the next open or `verify` finishes the rest.
-        if let Err(e) = disk.mark_committed() {
-            // The snapshot stands; the disk is latched (the append failed).
-            log::error!("snapshot {snap_ref} is taken, but its new layer's journal failed: {e}");
-        }
-        let _ = self
-            .inner
-            .storage
-            .remove_file(&self.inner.paths.log(frozen.layer));
-        {
-            let st = disk.state.read();
-            self.inner
-                .maps
-                .lock()
-                .put(frozen.layer, Arc::new(st.base.clone()));
-        }
-        self.add_checksums(frozen.layer, geo, frozen.index);
-        self.snapshot_info(&snap_ref)
-    }
-
-    /// Computes the checksums of a frozen layer's data blocks and rewrites
-    /// its index with them.
-    fn add_checksums(&self, id: LayerId, geo: Geometry, mut index: layer::FrozenIndex) {
-        let files = &self.inner.files;
-        let done = layer::compute_checksums(files, id, geo, &index.data).and_then(|sums| {
-            index.checksums = Some(sums);
-            layer::replace_index(files, id, geo, &index)
-        });
-        if let Err(e) = done {
-            log::warn!(
-                "checksums of layer {id}: {e}; its blocks are not checked until they are added"
-            );
-        }
-    }
-
-    fn free_default_name(&self, disk: &DiskName, taken: u64) -> SnapName {
-        let base = default_snapshot_name(taken);
-        let state = self.inner.catalog.lock();
-        let taken_names = state.cat.snapshots.get(disk);
-        let free = |n: &SnapName| taken_names.is_none_or(|m| !m.contains_key(n));
-        if free(&base) {
-            return base;
-        }
-        (2u32..)
-            .filter_map(|i| SnapName::parse(&format!("{base}.{i}")).ok())
-            .find(|n| free(n))
-            .unwrap_or(base)
+    /// Forgets every cached owner map: after the layer tree changed shape.
+    fn forget_maps(&self) {
+        self.inner.maps.lock().clear();
     }
 
     fn snapshot_record(&self, r: &SnapshotRef) -> Option<SnapshotRecord> {
@@ -933,7 +845,16 @@ impl Repository {
         Ok(snapshot_info(&state.cat, &r.disk, &r.snap, rec))
     }
 
-    /// A disk's snapshots in the order they were taken.
+    /// The snapshot that names `layer`, if one does (how the mount finds an
+    /// image by its identity).
+    pub fn snapshot_info_by_layer(&self, layer: LayerId) -> Option<SnapshotInfo> {
+        let state = self.inner.catalog.lock();
+        let (d, s, r) = state.cat.snapshot_of_layer(layer)?;
+        Some(snapshot_info(&state.cat, d, s, r))
+    }
+
+    /// A disk's snapshots in the order they were taken. A deleted disk's
+    /// remaining snapshots are listed by its name too.
     pub fn snapshots(&self, disk: &DiskName) -> Result<Vec<SnapshotInfo>> {
         let state = self.inner.catalog.lock();
         let cat = &state.cat;
@@ -948,15 +869,23 @@ impl Repository {
     }
 
     /// A snapshot's read-only image. Its owner map is built on first use and
-    /// kept in a bounded cache.
+    /// kept in a bounded cache; its layer stays as it is while it is open,
+    /// even if the snapshot is deleted meanwhile.
     pub fn open_snapshot(&self, r: &SnapshotRef) -> Result<Snapshot> {
         let info = self.snapshot_info(r)?;
+        let guard = self.inner.views.open(info.layer);
         let geo = Geometry {
             size: info.size,
             block_size: info.block_size,
         };
-        let map = self.frozen_map(info.layer, geo)?;
-        Ok(Snapshot::new(info, geo, map, self.inner.files.clone()))
+        let map = self.frozen_map(info.layer)?;
+        Ok(Snapshot::new(
+            info,
+            geo,
+            map,
+            self.inner.files.clone(),
+            guard,
+        ))
     }
 
     /// Any image by reference: `DISK` (live) or `DISK@SNAP`.
@@ -1020,6 +949,7 @@ fn snapshot_info(
         blocks: frozen.blocks,
         size: layer.map(|l| l.size).unwrap_or(0),
         block_size: layer.map(|l| l.block_size).unwrap_or(0),
+        full: layer.is_some_and(|l| l.parent.is_none()),
         layer: rec.layer,
     }
 }

@@ -7,7 +7,8 @@
 //! | named by the catalog | keeps it |
 //! | named by the catalog but missing | refuses to open, naming it; changes nothing |
 //! | the `.log` of a layer the catalog says is frozen | removes it (its index holds its blocks) |
-//! | listed by an open intent, not named by the catalog | removes it (its operation never committed) |
+//! | listed by an open removal intent, not named by the catalog | removes it (a delete committed, and was removing it) |
+//! | listed by an open creation intent, not named by the catalog | removes it (its operation never committed) |
 //! | the same, but a journal holding `Committed` | refuses to open (the catalog is older than its layers); changes nothing |
 //! | a layer id the catalog has not handed out yet | refuses to open (the catalog is older than its layers); changes nothing |
 //! | anything else | moves it to `quarantine/<time>/` and says so |
@@ -20,7 +21,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::catalog::Catalog;
+use super::catalog::{Catalog, IntentKind};
 use super::error::{Result, StoreError};
 use super::format::{self, LayerFileKind};
 use super::journal::Journal;
@@ -52,6 +53,13 @@ pub fn reconcile(
     let intended: BTreeSet<(LayerId, LayerFileKind)> = cat
         .intents
         .values()
+        .filter(|i| i.kind == IntentKind::Create)
+        .flat_map(|i| i.files.iter().copied())
+        .collect();
+    let removing: BTreeSet<(LayerId, LayerFileKind)> = cat
+        .intents
+        .values()
+        .filter(|i| i.kind == IntentKind::Remove)
         .flat_map(|i| i.files.iter().copied())
         .collect();
     let mut present = BTreeSet::new();
@@ -69,7 +77,11 @@ pub fn reconcile(
         if expected.contains(&(id, kind)) {
             continue;
         }
-        if intended.contains(&(id, kind)) {
+        if removing.contains(&(id, kind)) {
+            // An operation that committed stopped naming it, and was
+            // removing it.
+            remove.push(name);
+        } else if intended.contains(&(id, kind)) {
             // Its journal says the operation did commit: the catalog is
             // older than the layers, and the intent is stale.
             let p = paths.dir.join(&name);

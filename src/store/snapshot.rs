@@ -5,30 +5,34 @@ use std::sync::Arc;
 
 use super::disk::BaseLayout;
 use super::error::Result;
-use super::extents::OwnerMap;
 use super::image::{self, ImageRead, Layout, Piece};
 use super::layer::{Geometry, LayerFiles};
-use super::SnapshotInfo;
+use super::{ImageMap, SnapshotInfo, ViewGuard};
 
+/// A snapshot's image, open. While it is open its layer stays as it is,
+/// even if the snapshot is deleted: it reads the same until it is dropped.
 pub struct Snapshot {
     info: SnapshotInfo,
     geo: Geometry,
-    map: Arc<OwnerMap>,
+    map: Arc<ImageMap>,
     files: Arc<LayerFiles>,
+    _view: ViewGuard,
 }
 
 impl Snapshot {
     pub(crate) fn new(
         info: SnapshotInfo,
         geo: Geometry,
-        map: Arc<OwnerMap>,
+        map: Arc<ImageMap>,
         files: Arc<LayerFiles>,
+        view: ViewGuard,
     ) -> Self {
         Snapshot {
             info,
             geo,
             map,
             files,
+            _view: view,
         }
     }
 
@@ -36,19 +40,18 @@ impl Snapshot {
         &self.info
     }
 
-    /// When every data block of the image lives in one layer, that layer's
-    /// data file read as it is *is* the image (every other byte of it reads
-    /// as zero, see [`super::format`]): a file the kernel can serve directly
-    /// (FUSE passthrough).
+    /// When the image is a layer with no parent whose data all lives in its
+    /// own data file, that file read as it is *is* the image (every other
+    /// byte of it reads as zero, see [`super::format`]): a file the kernel
+    /// can serve directly (FUSE passthrough).
     pub fn flat_file(&self) -> Option<std::path::PathBuf> {
-        let layer = self.map.sole_layer()?;
-        self.files.local_path(layer)
+        self.files.local_path(self.map.flat?)
     }
 
     fn layout(&self) -> BaseLayout<'_> {
         BaseLayout {
             geo: self.geo,
-            map: &self.map,
+            map: &self.map.map,
             files: &self.files,
         }
     }

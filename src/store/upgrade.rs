@@ -13,7 +13,7 @@ use std::sync::Arc;
 use super::catalog::{Catalog, CatalogFile, DiskRecord, FrozenInfo, LayerRecord, SnapshotRecord};
 use super::error::{Result, StoreError};
 use super::extents::{BlockKind, ExtentSet, PresentMap};
-use super::format::{self, v1, JournalRecord, LayerIndex, LogHeader, RepoHeader};
+use super::format::{self, v1, IndexPiece, JournalRecord, LayerIndex, LogHeader, RepoHeader};
 use super::format::{MAGIC_CATALOG, MAGIC_INDEX, MAGIC_LOG, MAGIC_REPO};
 use super::layer::{Geometry, LayerPaths};
 use super::names::{DiskName, LayerId, SnapName};
@@ -82,6 +82,7 @@ fn convert_catalog(path: &Path, old: v1::Catalog) -> Result<Catalog> {
         cat.disks.insert(
             disk(&name)?,
             DiskRecord {
+                id: LayerId(d.live),
                 size: d.size,
                 block_size: d.block_size,
                 live: LayerId(d.live),
@@ -114,6 +115,7 @@ fn convert_catalog(path: &Path, old: v1::Catalog) -> Result<Catalog> {
                     blocks: f.blocks,
                     stored_bytes: f.stored_bytes,
                 }),
+                files: vec![LayerId(id)],
             },
         );
     }
@@ -198,9 +200,12 @@ fn upgrade_index(
         layer: id.0,
         block_size: geo.block_size,
         size: geo.size,
-        data: kinds.extents_of(BlockKind::Data),
+        pieces: vec![IndexPiece {
+            file: id.0,
+            data: kinds.extents_of(BlockKind::Data),
+            checksums: Some(checksums),
+        }],
         zero: kinds.extents_of(BlockKind::Zero),
-        checksums: Some(checksums),
     };
     let bytes = format::doc_bytes(MAGIC_INDEX, &format::encode(&idx));
     format::write_atomic(storage, &paths.tmp, &path, &bytes)

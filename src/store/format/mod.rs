@@ -100,14 +100,17 @@
 //!   size, and for a frozen layer its stored bytes and block count), and
 //!   every open intent (below). A layer's chain is followed by `parent`
 //!   links, oldest last.
-//! - `layers/<id>.idx`: [`LayerIndex`]: the layer's present blocks as two
-//!   lists of sorted, disjoint extents `(first block, block count)`: `data`
-//!   (bytes in the data file) and `zero` (zeros, no bytes); the two never
-//!   overlap. `checksums`, once computed, holds one CRC-32C per data block,
-//!   in block order, over the block's bytes (the last block of a disk whose
-//!   size is not a multiple of the block size covers only the bytes inside
-//!   the disk). An index is first written without checksums when its layer
-//!   is frozen, and rewritten with them once they have been computed.
+//! - `layers/<id>.idx`: [`LayerIndex`]: the layer's present blocks as sorted,
+//!   disjoint extents `(first block, block count)`: `pieces`, each the data
+//!   blocks the layer holds in one data file (at their own offsets in it),
+//!   and `zero` (zeros, no bytes); no block is in two of them. A piece's
+//!   `checksums`, once computed, hold one CRC-32C per data block, in block
+//!   order, over the block's bytes (the last block of a disk whose size is
+//!   not a multiple of the block size covers only the bytes inside the
+//!   disk). A layer is frozen with one piece, its own data file, and no
+//!   checksums; the index is rewritten with them once they are computed.
+//!   When a deleted snapshot's layer is merged into the layer above it,
+//!   that layer takes over its pieces: no data moves.
 //! - `layers/<id>.log`: header [`LogHeader`]; records [`JournalRecord`]. The
 //!   live layer's present blocks are the `data` and `zero` extents of all
 //!   `Present` records applied in order (a later record's kind wins). A
@@ -117,13 +120,17 @@
 //!
 //! # Layer data
 //!
-//! `layers/<id>.data` is exactly the disk's size long. Block `b` lives at
-//! byte `b × block_size`. Only the data blocks of the index or journal are
-//! part of the layer; every other byte of the file reads as zero (a hole):
-//! writes that were never journaled are punched out on recovery, and zero
-//! blocks are punched when they are recorded. So a layer's data file read
-//! as it is equals the layer's blocks over zeros, which is what lets the
-//! kernel read a single-layer image directly (FUSE passthrough).
+//! `layers/<id>.data` is at least as long as the layer that made it. Block
+//! `b` lives at byte `b × block_size`. Each data file belongs to exactly one
+//! layer at a time (the one whose catalog record lists it in `files`), and
+//! only the blocks that layer's index or journal names in it are data;
+//! every other byte of the file reads as zero (a hole): writes that were
+//! never journaled are punched out on recovery, zero blocks are punched
+//! when they are recorded, and blocks a deleted snapshot no longer needs
+//! are punched before its index stops naming them. So the data file of a
+//! layer with no parent and one piece, read as it is, equals the layer's
+//! image, which is what lets the kernel read such an image directly (FUSE
+//! passthrough).
 //!
 //! # Durability and intents
 //!
@@ -222,8 +229,20 @@ pub struct LayerIndex {
     pub layer: u64,
     pub block_size: u32,
     pub size: u64,
-    pub data: Vec<(u64, u64)>,
+    /// Where the layer's data blocks are: each piece names a data file and
+    /// the blocks of it the layer holds.
+    pub pieces: Vec<IndexPiece>,
+    /// Blocks the layer holds as zeros.
     pub zero: Vec<(u64, u64)>,
+}
+
+/// Data blocks of a layer that live in one data file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexPiece {
+    /// The data file `layers/<file>.data`.
+    pub file: u64,
+    pub data: Vec<(u64, u64)>,
+    /// One CRC-32C per block of `data`, in block order, once computed.
     pub checksums: Option<Vec<u32>>,
 }
 

@@ -164,6 +164,9 @@ impl Storage for FaultyStorage {
     fn local_path(&self, path: &Path) -> Option<PathBuf> {
         self.inner.local_path(path)
     }
+    fn wants_reserve(&self) -> bool {
+        self.inner.wants_reserve()
+    }
 }
 
 impl StorageFile for FaultyFile {

@@ -67,6 +67,12 @@ pub trait Storage: Send + Sync {
         None
     }
 
+    /// Whether the repository should keep a reserve file on this storage
+    /// (space for deleting on a full file system; see `store::ops::reserve`).
+    fn wants_reserve(&self) -> bool {
+        true
+    }
+
     /// Reads a whole file.
     fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
         let f = self.open(path, false)?;

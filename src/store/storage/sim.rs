@@ -313,6 +313,10 @@ impl Storage for SimStorage {
     fn lock(&self, _path: &Path) -> io::Result<LockOutcome> {
         Ok(LockOutcome::Taken(Box::new(())))
     }
+
+    fn wants_reserve(&self) -> bool {
+        false
+    }
 }
 
 impl SimFile {

@@ -1,0 +1,134 @@
+//! Deleting snapshots and disks. A delete commits first (the names go), and
+//! then puts the layer tree in order ([`super::tidy`]): what no remaining
+//! image reads is given back, and nothing any of them reads moves or
+//! changes. It needs no free space beyond the reserve for its commit, and
+//! costs what the deleted layers hold, not the size of the disk or chain.
+
+use crate::store::catalog::{Intent, IntentKind};
+use crate::store::error::{Result, StoreError};
+use crate::store::format::LayerFileKind;
+use crate::store::names::{DiskName, SnapshotRef};
+use crate::store::{Event, Repository};
+
+/// What a delete did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DeleteReport {
+    /// Snapshots (or disks) deleted.
+    pub deleted: u64,
+    /// Bytes given back to the host file system.
+    pub freed_bytes: u64,
+    /// Layers of deleted snapshots still open (being read); their space is
+    /// given back once they are closed (`strata gc`).
+    pub waiting: u64,
+}
+
+impl Repository {
+    /// Deletes the snapshots `refs` (all, or none if one does not exist).
+    /// Every other snapshot, every disk made from one, and the live disks
+    /// read back exactly as before.
+    pub fn delete_snapshots(&self, refs: &[SnapshotRef]) -> Result<DeleteReport> {
+        let mut gone = Vec::new();
+        self.with_reserve(|| {
+            let _s = self.inner.structure.lock();
+            gone = self
+                .commit(|cat| {
+                    let mut gone = Vec::new();
+                    for r in refs {
+                        let rec = cat
+                            .snapshots
+                            .get_mut(&r.disk)
+                            .and_then(|m| m.remove(&r.snap));
+                        match rec {
+                            Some(rec) => gone.push((r.clone(), rec.layer)),
+                            // The same one named twice is deleted once.
+                            None if gone.iter().any(|(g, _)| g == r) => {}
+                            None => return Err(StoreError::NoSuchSnapshot(r.clone())),
+                        }
+                        if cat.snapshots.get(&r.disk).is_some_and(|m| m.is_empty()) {
+                            cat.snapshots.remove(&r.disk);
+                        }
+                    }
+                    Ok(gone)
+                })
+                .map_err(|e| e.into_inner())?;
+            Ok(())
+        })?;
+        for (r, layer) in &gone {
+            self.inner.maps.lock().pop(layer);
+            self.emit(Event::SnapshotGone {
+                disk: r.disk.clone(),
+                snap: r.snap.clone(),
+                layer: *layer,
+            });
+        }
+        let t = self.with_reserve(|| self.tidy())?;
+        Ok(DeleteReport {
+            deleted: gone.len() as u64,
+            freed_bytes: t.freed_bytes,
+            waiting: t.waiting,
+        })
+    }
+
+    /// Deletes a disk's live layer. Its snapshots stay, listed and usable
+    /// under its name, until they are deleted too. Refused while its image
+    /// is open for writing (in the mount) unless `force`.
+    pub fn delete_disk(&self, name: &DiskName, force: bool) -> Result<DeleteReport> {
+        let rec = self
+            .inner
+            .catalog
+            .lock()
+            .cat
+            .disks
+            .get(name)
+            .cloned()
+            .ok_or_else(|| StoreError::NoSuchDisk(name.clone()))?;
+        let disk = self.open_disk(name);
+        if let Some(d) = &disk {
+            if d.writers() > 0 && !force {
+                return Err(StoreError::Refused(format!(
+                    "disk '{name}' is open for writing ({} handles in the mount); close them, \
+                     or add --force to delete it anyway (their writes are then lost)",
+                    d.writers()
+                )));
+            }
+        }
+        let _snaps = disk.as_ref().map(|d| d.lock_snapshots());
+        let freed_live = self.allocated(&self.catalog(), &[rec.live]);
+        self.with_reserve(|| {
+            let _s = self.inner.structure.lock();
+            let _held = disk.as_ref().map(|d| d.lock_freeze());
+            let doomed = self
+                .commit(|cat| {
+                    let d = cat
+                        .disks
+                        .remove(name)
+                        .ok_or_else(|| StoreError::NoSuchDisk(name.clone()))?;
+                    let live = cat.layers.remove(&d.live);
+                    let mut files: Vec<_> = live
+                        .map(|l| l.files.iter().map(|&f| (f, LayerFileKind::Data)).collect())
+                        .unwrap_or_default();
+                    files.push((d.live, LayerFileKind::Log));
+                    cat.add_intent(Intent {
+                        what: format!("delete disk {name}"),
+                        kind: IntentKind::Remove,
+                        files: files.clone(),
+                    });
+                    Ok(files)
+                })
+                .map_err(|e| e.into_inner())?;
+            if let Some(d) = &disk {
+                d.retire();
+            }
+            self.inner.disks.lock().remove(name);
+            self.remove_files(&doomed);
+            Ok(())
+        })?;
+        self.emit(Event::DiskGone { disk: name.clone() });
+        let t = self.with_reserve(|| self.tidy())?;
+        Ok(DeleteReport {
+            deleted: 1,
+            freed_bytes: t.freed_bytes + freed_live,
+            waiting: t.waiting,
+        })
+    }
+}

@@ -1,0 +1,13 @@
+//! The operations on a repository, a file each: making disks, taking
+//! snapshots, deleting, changing disks in place, putting the layer tree in
+//! order, gc, retention and usage.
+
+pub mod create;
+pub mod delete;
+pub mod edit;
+pub mod gc;
+pub mod prune;
+pub mod reserve;
+pub mod snapshot;
+pub mod tidy;
+pub mod usage;
