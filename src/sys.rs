@@ -385,20 +385,26 @@ pub fn redirect_stdio(log: &File) -> io::Result<()> {
 /// Receives one file descriptor passed with `SCM_RIGHTS` over `sock` (how
 /// the setuid `fusermount3` hands an opened `/dev/fuse` to its caller).
 pub fn recv_fd(sock: &std::os::unix::net::UnixStream) -> io::Result<std::os::fd::OwnedFd> {
-    recv_with_fd(sock, &mut [0u8; 1])?.ok_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "no file descriptor was received",
-        )
-    })
+    recv_with_fds(sock, &mut [0u8; 1])?
+        .into_iter()
+        .next()
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "no file descriptor was received",
+            )
+        })
 }
 
-/// Fills `buf` from `sock`, and returns the file descriptor that came with
-/// its first bytes (`SCM_RIGHTS`), if one did.
-pub fn recv_with_fd(
+/// The most descriptors one message carries.
+pub const MAX_FDS: usize = 8;
+
+/// Fills `buf` from `sock`, and returns the file descriptors that came with
+/// its first bytes (`SCM_RIGHTS`), if any did.
+pub fn recv_with_fds(
     sock: &std::os::unix::net::UnixStream,
     buf: &mut [u8],
-) -> io::Result<Option<std::os::fd::OwnedFd>> {
+) -> io::Result<Vec<std::os::fd::OwnedFd>> {
     use std::io::Read;
     use std::os::fd::FromRawFd;
     let mut iov = libc::iovec {
@@ -406,7 +412,7 @@ pub fn recv_with_fd(
         iov_len: buf.len(),
     };
     // u64s keep the control buffer aligned for cmsghdr.
-    let mut control = [0u64; 8];
+    let mut control = [0u64; 2 + MAX_FDS];
     // SAFETY: an all-zero msghdr is a valid empty message header.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = &mut iov;
@@ -419,7 +425,7 @@ pub fn recv_with_fd(
     if n < 0 {
         return Err(io::Error::last_os_error());
     }
-    let mut fd = None;
+    let mut fds = Vec::new();
     // SAFETY: CMSG_FIRSTHDR reads the header just filled in by recvmsg and
     // returns null or a pointer inside `control`.
     let cmsg = unsafe { libc::CMSG_FIRSTHDR(&msg) };
@@ -429,11 +435,17 @@ pub fn recv_with_fd(
             (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS
         }
     {
-        // SAFETY: an SCM_RIGHTS message carries at least one int after its
-        // header; read_unaligned copes with the byte buffer's alignment.
-        let raw = unsafe { std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::c_int>()) };
-        // SAFETY: the kernel just installed `raw` in this process for us alone.
-        fd = Some(unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) });
+        // SAFETY: as above; CMSG_LEN(0) is the header's own length.
+        let bytes = unsafe { (*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize };
+        for i in 0..bytes / std::mem::size_of::<libc::c_int>() {
+            // SAFETY: the kernel wrote `bytes` bytes of ints after the
+            // header; read_unaligned copes with the buffer's alignment.
+            let raw = unsafe {
+                std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::c_int>().add(i))
+            };
+            // SAFETY: the kernel just installed `raw` in this process for us.
+            fds.push(unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) });
+        }
     }
     let n = n as usize;
     if n == 0 && !buf.is_empty() {
@@ -444,45 +456,55 @@ pub fn recv_with_fd(
     }
     let mut rest = sock;
     rest.read_exact(&mut buf[n..])?;
-    Ok(fd)
+    Ok(fds)
 }
 
-/// Sends `bytes` over `sock`, with the descriptor `fd` attached to them
-/// (`SCM_RIGHTS`) when there is one. The receiver gets it with
-/// [`recv_with_fd`]. A peer that has gone away is an `EPIPE` error, never a
-/// SIGPIPE.
-pub fn send_with_fd(
+/// Sends `bytes` over `sock`, with the descriptors `fds` attached to them
+/// (`SCM_RIGHTS`). The receiver gets them with [`recv_with_fds`]. A peer
+/// that has gone away is an `EPIPE` error, never a SIGPIPE.
+pub fn send_with_fds(
     sock: &std::os::unix::net::UnixStream,
     bytes: &[u8],
-    fd: Option<std::os::fd::RawFd>,
+    fds: &[std::os::fd::RawFd],
 ) -> io::Result<()> {
+    if fds.len() > MAX_FDS {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("at most {MAX_FDS} files go with one request"),
+        ));
+    }
     let mut sent = 0;
-    let mut fd = fd;
-    while sent < bytes.len() || fd.is_some() {
+    let mut attach = !fds.is_empty();
+    while sent < bytes.len() || attach {
         let rest = &bytes[sent..];
         let mut iov = libc::iovec {
             iov_base: rest.as_ptr() as *mut libc::c_void,
             iov_len: rest.len(),
         };
-        let mut control = [0u64; 8];
+        let mut control = [0u64; 2 + MAX_FDS];
         // SAFETY: an all-zero msghdr is a valid empty message header.
         let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
         msg.msg_iov = &mut iov;
         msg.msg_iovlen = 1;
-        if let Some(fd) = fd {
+        if attach {
+            let data = std::mem::size_of_val(fds) as u32;
             msg.msg_control = control.as_mut_ptr().cast();
             // SAFETY: CMSG_SPACE only computes a size.
-            msg.msg_controllen =
-                unsafe { libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) } as _;
-            // SAFETY: `msg.msg_control` points at `control`, large enough for
-            // one cmsghdr carrying one int; the pointers CMSG_* return lie
-            // inside it.
+            msg.msg_controllen = unsafe { libc::CMSG_SPACE(data) } as _;
+            // SAFETY: `msg.msg_control` points at `control`, large enough
+            // for one cmsghdr carrying MAX_FDS ints; the pointers CMSG_*
+            // return lie inside it.
             unsafe {
                 let cmsg = libc::CMSG_FIRSTHDR(&msg);
                 (*cmsg).cmsg_level = libc::SOL_SOCKET;
                 (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-                (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<libc::c_int>() as u32) as _;
-                std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::c_int>(), fd);
+                (*cmsg).cmsg_len = libc::CMSG_LEN(data) as _;
+                for (i, fd) in fds.iter().enumerate() {
+                    std::ptr::write_unaligned(
+                        libc::CMSG_DATA(cmsg).cast::<libc::c_int>().add(i),
+                        *fd,
+                    );
+                }
             }
         }
         // SAFETY: `msg` describes `rest` (read only by the kernel) and
@@ -495,11 +517,40 @@ pub fn send_with_fd(
             }
             return Err(e);
         }
-        // The descriptor went with the first bytes sent.
-        fd = None;
+        // The descriptors went with the first bytes sent.
+        attach = false;
         sent += n as usize;
     }
     Ok(())
+}
+
+/// Freezes the file system `dir` is on (`FIFREEZE`): it writes out what it
+/// holds and takes no more writes until thawed. Needs CAP_SYS_ADMIN.
+pub fn freeze_fs(dir: &File) -> io::Result<()> {
+    // FIFREEZE is _IOWR('X', 119, int).
+    const FIFREEZE: libc::c_ulong = 0xC004_5877;
+    let mut arg: libc::c_int = 0;
+    // SAFETY: FIFREEZE reads an int argument the kernel ignores; `arg` is
+    // valid for the call and the descriptor is owned by `dir`.
+    if unsafe { libc::ioctl(dir.as_raw_fd(), FIFREEZE as _, &mut arg) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Thaws a file system frozen by [`freeze_fs`] (`FITHAW`). `EINVAL` means
+/// it was not frozen.
+pub fn thaw_fs(dir: &File) -> io::Result<()> {
+    // FITHAW is _IOWR('X', 120, int).
+    const FITHAW: libc::c_ulong = 0xC004_5878;
+    let mut arg: libc::c_int = 0;
+    // SAFETY: as for FIFREEZE.
+    if unsafe { libc::ioctl(dir.as_raw_fd(), FITHAW as _, &mut arg) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// Lets a spawned child inherit descriptor `fd` across exec (clears
@@ -573,17 +624,20 @@ mod tests {
         let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
         let mut f = tempfile::tempfile().unwrap();
         f.write_all(b"passed").unwrap();
-        send_with_fd(&a, b"hdr", Some(f.as_raw_fd())).unwrap();
+        send_with_fds(&a, b"hdr", &[f.as_raw_fd()]).unwrap();
         let mut buf = [0u8; 3];
-        let fd = recv_with_fd(&b, &mut buf).unwrap().expect("a descriptor");
+        let fd = recv_with_fds(&b, &mut buf)
+            .unwrap()
+            .pop()
+            .expect("a descriptor");
         assert_eq!(&buf, b"hdr");
         let mut got = File::from(fd);
         got.rewind().unwrap();
         let mut s = String::new();
         got.read_to_string(&mut s).unwrap();
         assert_eq!(s, "passed");
-        send_with_fd(&a, b"xyz", None).unwrap();
-        assert!(recv_with_fd(&b, &mut buf).unwrap().is_none());
+        send_with_fds(&a, b"xyz", &[]).unwrap();
+        assert!(recv_with_fds(&b, &mut buf).unwrap().is_empty());
         assert_eq!(&buf, b"xyz");
     }
 }

@@ -1,4 +1,4 @@
-//! `strata disk create|import|list`
+//! `strata disk create|import|list|delete|rollback|resize|rename`
 
 use std::fs::File;
 use std::os::fd::AsFd;
@@ -8,22 +8,42 @@ use std::path::{Path, PathBuf};
 use clap::{Args, Subcommand};
 use strata::control::{Request, Response};
 use strata::store::catalog::DEFAULT_BLOCK_SIZE;
-use strata::store::{DiskName, Repository};
+use strata::store::{DiskInfo, DiskName, Repository, SnapshotRef};
 use strata::units::format_size;
 
 use super::output::{self, Progress};
 use super::target::{unexpected, Target};
-use super::{absolute, parse_block_size, parse_disk_name, parse_size, CmdResult, Failure};
+use super::{
+    absolute, parse_block_size, parse_disk_name, parse_size, parse_snapshot_ref, CmdResult, Failure,
+};
 
 #[derive(Subcommand)]
 pub enum DiskCommand {
-    /// Create an empty disk (instant, whatever its size)
+    /// Create an empty disk, or one from a snapshot (instant, whatever its size)
+    #[command(after_help = "Examples:\n  \
+strata disk create vm1 --size 64G\n  \
+strata disk create vm1-test --from vm1@before-upgrade   # shares the snapshot's blocks")]
     Create(CreateArgs),
     /// Create a disk from a raw image: a file, a block device or standard
     /// input; zero blocks are not stored
     Import(ImportArgs),
     /// List disks: size, block size, snapshots, space used
     List(ListArgs),
+    /// Delete a disk's live disk; its snapshots stay until deleted too
+    ///
+    /// The snapshots stay listed, readable in the mount under the disk's
+    /// name, and usable with `disk create --from`. Refused while live.img
+    /// is open for writing in the mount, unless --force.
+    Delete(DeleteArgs),
+    /// Make a disk's content a snapshot's again; later snapshots stay
+    ///
+    /// What the disk held since its last snapshot is lost. Refused while
+    /// live.img is open for writing in the mount, unless --force.
+    Rollback(RollbackArgs),
+    /// Grow a disk (its snapshots keep their own size)
+    Resize(ResizeArgs),
+    /// Rename a disk, with its snapshots
+    Rename(RenameArgs),
 }
 
 #[derive(Args)]
@@ -32,11 +52,61 @@ pub struct CreateArgs {
     #[arg(value_parser = parse_disk_name)]
     name: DiskName,
     /// Virtual size, like 64G, 512M or 1T (a multiple of 512 bytes)
+    #[arg(long, value_parser = parse_size, required_unless_present = "from")]
+    size: Option<u64>,
+    /// Block size: a power of two from 4K to 1M; the unit of copy-on-write
+    #[arg(long, value_parser = parse_block_size, conflicts_with = "from")]
+    block_size: Option<u32>,
+    /// Make it from a snapshot, as DISK@SNAP: its content, sharing its blocks
+    /// (size and block size are the snapshot's)
+    #[arg(long, value_parser = parse_snapshot_ref, value_name = "DISK@SNAP", conflicts_with = "size")]
+    from: Option<SnapshotRef>,
+}
+
+#[derive(Args)]
+pub struct DeleteArgs {
+    #[arg(value_parser = parse_disk_name)]
+    name: DiskName,
+    /// Delete even while live.img is open for writing (the writer then gets
+    /// errors)
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Args)]
+pub struct RollbackArgs {
+    /// The snapshot to go back to, as DISK@SNAP
+    #[arg(value_parser = parse_snapshot_ref, value_name = "DISK@SNAP")]
+    to: SnapshotRef,
+    /// Roll back even while live.img is open for writing (what the writer
+    /// has cached then disagrees with the disk)
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Args)]
+pub struct ResizeArgs {
+    #[arg(value_parser = parse_disk_name)]
+    name: DiskName,
+    /// The new size, larger than the current one, like 128G
     #[arg(long, value_parser = parse_size)]
     size: u64,
-    /// Block size: a power of two from 4K to 1M; the unit of copy-on-write
-    #[arg(long, value_parser = parse_block_size, default_value_t = DEFAULT_BLOCK_SIZE)]
-    block_size: u32,
+}
+
+#[derive(Args)]
+pub struct RenameArgs {
+    #[arg(value_parser = parse_disk_name)]
+    old: DiskName,
+    #[arg(value_parser = parse_disk_name)]
+    new: DiskName,
+}
+
+/// The disk a request answered with.
+fn disk_of(r: Response) -> Result<DiskInfo, Failure> {
+    match r {
+        Response::Disk(info) => Ok(info),
+        r => Err(unexpected(r)),
+    }
 }
 
 #[derive(Args)]
@@ -109,20 +179,65 @@ pub fn run(repo: &Path, cmd: DiskCommand) -> CmdResult {
     let mut target = Target::open(repo)?;
     match cmd {
         DiskCommand::Create(a) => {
-            let req = Request::DiskCreate {
-                name: a.name,
-                size: a.size,
-                block_size: a.block_size,
+            let req = match (a.from.clone(), a.size) {
+                (Some(from), _) => Request::DiskCreateFrom { name: a.name, from },
+                (None, Some(size)) => Request::DiskCreate {
+                    name: a.name,
+                    size,
+                    block_size: a.block_size.unwrap_or(DEFAULT_BLOCK_SIZE),
+                },
+                (None, None) => return Err(Failure::Usage("give --size or --from".into())),
             };
-            let Response::Disk(info) = target.call(req, &mut |_, _| {})? else {
-                return Err(unexpected(Response::Done));
-            };
+            let info = disk_of(target.call(req, &mut |_, _| {})?)?;
+            let from = a.from.map(|f| format!(" from {f}")).unwrap_or_default();
             println!(
-                "created disk {} ({}, block size {})",
+                "created disk {}{from} ({}, block size {})",
                 info.name,
                 format_size(info.size),
                 format_size(info.block_size as u64)
             );
+        }
+        DiskCommand::Delete(a) => {
+            let req = Request::DiskDelete {
+                name: a.name.clone(),
+                force: a.force,
+            };
+            let report = match target.call(req, &mut |_, _| {})? {
+                Response::Deleted(r) => r,
+                r => return Err(unexpected(r)),
+            };
+            println!(
+                "deleted disk {} ({} given back; its snapshots stay until deleted)",
+                a.name,
+                format_size(report.freed_bytes)
+            );
+        }
+        DiskCommand::Rollback(a) => {
+            let req = Request::DiskRollback {
+                to: a.to.clone(),
+                force: a.force,
+            };
+            disk_of(target.call(req, &mut |_, _| {})?)?;
+            println!("disk {} now reads as {}", a.to.disk, a.to);
+        }
+        DiskCommand::Resize(a) => {
+            let req = Request::DiskResize {
+                name: a.name,
+                size: a.size,
+            };
+            let info = disk_of(target.call(req, &mut |_, _| {})?)?;
+            println!("disk {} is now {}", info.name, format_size(info.size));
+        }
+        DiskCommand::Rename(a) => {
+            let req = Request::DiskRename {
+                from: a.old.clone(),
+                to: a.new.clone(),
+            };
+            match target.call(req, &mut |_, _| {})? {
+                Response::Done => {}
+                r => return Err(unexpected(r)),
+            }
+            println!("renamed disk {} to {}", a.old, a.new);
         }
         DiskCommand::Import(a) => {
             let (file, shown) = source.ok_or_else(|| unexpected(Response::Done))?;
@@ -133,7 +248,7 @@ pub fn run(repo: &Path, cmd: DiskCommand) -> CmdResult {
                 size: a.size,
                 block_size: a.block_size,
             };
-            let resp = target.call_with(req, Some(file), &mut |d, t| progress.update(d, t));
+            let resp = target.call_with(req, vec![file], &mut |d, t| progress.update(d, t));
             progress.finish();
             let info = match resp? {
                 Response::Disk(info) => info,

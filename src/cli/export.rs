@@ -164,7 +164,7 @@ fn export(
         image: image.to_string(),
         target: target.display().to_string(),
     };
-    let resp = t.call_with(req, Some(file), &mut |d, t| progress.update(d, t));
+    let resp = t.call_with(req, vec![file], &mut |d, t| progress.update(d, t));
     progress.finish();
     match resp? {
         Response::Exported { size, stats } => Ok((size, stats)),

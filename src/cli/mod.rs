@@ -5,18 +5,21 @@
 
 mod disk;
 mod export;
+mod gc;
 mod init;
 mod mount;
 mod output;
+mod prune;
 mod quarantine;
 mod snapshot;
 mod target;
+mod usage;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use strata::store::{DiskName, ImageRef, Repository, SnapName, StoreError};
+use strata::store::{DiskName, ImageRef, Repository, SnapName, SnapshotRef, StoreError};
 use strata::units;
 
 /// Virtual disks with incremental snapshots, shown as raw image files.
@@ -48,14 +51,24 @@ pub struct Cli {
 enum Command {
     /// Create a repository
     Init,
-    /// Create, import and list disks
+    /// Create, import, list, delete, roll back, resize and rename disks
     #[command(subcommand)]
     Disk(disk::DiskCommand),
-    /// Take and list snapshots
+    /// Take, list, delete, fill in and rename snapshots
     #[command(subcommand)]
     Snapshot(snapshot::SnapshotCommand),
     /// Write a full raw image of a disk or snapshot to a file
     Export(export::ExportArgs),
+    /// Delete a disk's snapshots that a retention policy does not keep
+    Prune(prune::PruneArgs),
+    /// What each disk and snapshot stores, and what deleting would give back
+    Usage(usage::UsageArgs),
+    /// Give back space nothing refers to any more
+    ///
+    /// Deleting already gives back what it can; gc finishes what was left:
+    /// snapshots deleted while they were open, and what a crash cut short.
+    /// Safe while mounted.
+    Gc,
     /// Files that opening the repository found and nothing names
     ///
     /// Opening a repository never deletes a file it cannot prove belongs to
@@ -73,6 +86,18 @@ enum Command {
     Mount(mount::MountArgs),
     /// Flush everything and unmount (also cleans up after a daemon that died)
     Umount(mount::UmountArgs),
+    /// Thaws file systems after a delay (started by `snapshot create --freeze`)
+    #[command(hide = true)]
+    ThawGuard(ThawGuardArgs),
+}
+
+#[derive(clap::Args)]
+struct ThawGuardArgs {
+    /// Seconds to wait before thawing
+    #[arg(long)]
+    after: u64,
+    /// Mount points of the frozen file systems
+    paths: Vec<PathBuf>,
 }
 
 /// What a command failed with, and so which exit status it gets.
@@ -129,6 +154,10 @@ fn run(cli: Cli) -> CmdResult {
     match cli.command {
         Command::Mount(a) => return mount::mount(cli.repo, a),
         Command::Umount(a) => return mount::umount(a),
+        Command::ThawGuard(a) => {
+            strata::control::freeze::guard(std::time::Duration::from_secs(a.after), &a.paths);
+            return Ok(());
+        }
         _ => {}
     }
     let repo_path = match cli.repo {
@@ -141,7 +170,10 @@ fn run(cli: Cli) -> CmdResult {
         Command::Snapshot(c) => snapshot::run(&repo_path, c),
         Command::Export(a) => export::run(&repo_path, a),
         Command::Quarantine(c) => quarantine::run(&repo_path, c),
-        Command::Mount(_) | Command::Umount(_) => Ok(()),
+        Command::Prune(a) => prune::run(&repo_path, a),
+        Command::Usage(a) => usage::run(&repo_path, a),
+        Command::Gc => gc::run(&repo_path),
+        Command::Mount(_) | Command::Umount(_) | Command::ThawGuard(_) => Ok(()),
     }
 }
 
@@ -171,6 +203,18 @@ pub fn parse_disk_name(s: &str) -> Result<DiskName, String> {
 
 pub fn parse_snap_name(s: &str) -> Result<SnapName, String> {
     SnapName::parse(s).map_err(|e| e.to_string())
+}
+
+pub fn parse_snapshot_ref(s: &str) -> Result<SnapshotRef, String> {
+    SnapshotRef::parse(s).map_err(|e| e.to_string())
+}
+
+/// A UTC date, `YYYY-MM-DD`, as days since 1970-01-01.
+pub fn parse_date(s: &str) -> Result<u32, String> {
+    let date: jiff::civil::Date = s
+        .parse()
+        .map_err(|_| format!("invalid date {s:?}: give it as YYYY-MM-DD"))?;
+    strata::store::day_of_date(date).ok_or_else(|| format!("invalid date {s:?}: before 1970"))
 }
 
 pub fn parse_image_ref(s: &str) -> Result<ImageRef, String> {

@@ -1,36 +1,68 @@
-//! `strata snapshot create|list`
+//! `strata snapshot create|list|delete|full|rename`
 
-use std::path::Path;
+use std::fs::File;
+use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand};
 use strata::control::{Request, Response};
-use strata::store::{DiskName, SnapName};
+use strata::store::{DiskName, SnapName, SnapshotRef};
 use strata::units::format_size;
 
-use super::output;
+use super::output::{self, Progress};
 use super::target::{unexpected, Target};
-use super::{parse_disk_name, parse_snap_name, CmdResult};
+use super::{absolute, parse_disk_name, parse_snap_name, parse_snapshot_ref, CmdResult, Failure};
 
 #[derive(Subcommand)]
 pub enum SnapshotCommand {
-    /// Freeze the disk's current contents as a snapshot (instant, no copy)
+    /// Freeze disks' current contents as a snapshot (instant, no copy)
+    ///
+    /// With several disks, one snapshot of all of them at the same instant,
+    /// in one commit (a VM's disks stay consistent with each other): all of
+    /// them are taken, or none.
+    #[command(after_help = "Examples:\n  \
+strata snapshot create vm1 --name before-upgrade\n  \
+strata snapshot create vm1-root vm1-data --name nightly\n  \
+strata snapshot create vm1 --freeze /mnt/vm1     # the file system inside frozen meanwhile")]
     Create(CreateArgs),
     /// List a disk's snapshots, oldest first
     List(ListArgs),
+    /// Delete snapshots; every other snapshot and disk reads the same
+    ///
+    /// What no remaining image reads is given back at once; what a later
+    /// snapshot still needs is kept (and stored by it from then on). A
+    /// snapshot still open (being read) keeps its space until it is
+    /// closed; `strata gc` gives it back then.
+    Delete(DeleteArgs),
+    /// Make a snapshot self-contained: it then needs no other snapshot
+    ///
+    /// Copies into it every block its image reads from older snapshots;
+    /// what it stores becomes its whole image's used size.
+    Full(FullArgs),
+    /// Rename a snapshot (its image stays the same file in the mount)
+    Rename(RenameArgs),
 }
 
 #[derive(Args)]
 pub struct CreateArgs {
-    /// The disk to snapshot
-    #[arg(value_parser = parse_disk_name)]
-    disk: DiskName,
+    /// The disks to snapshot (together, when there are several)
+    #[arg(value_parser = parse_disk_name, required = true, value_name = "DISK")]
+    disks: Vec<DiskName>,
     /// Snapshot name (default: the UTC time, like 2026-11-22T14-05-00Z)
     #[arg(long, value_parser = parse_snap_name)]
     name: Option<SnapName>,
+    /// Make it self-contained (see `strata snapshot full`)
+    #[arg(long)]
+    full: bool,
+    /// Freeze the file system mounted at PATH for the snapshot's critical
+    /// section only (it is thawed, also on failure, and by a guard after
+    /// 30 s if this command is killed). Repeat for several. Needs root
+    #[arg(long, value_name = "PATH")]
+    freeze: Vec<PathBuf>,
 }
 
 #[derive(Args)]
 pub struct ListArgs {
+    /// A disk, or a deleted disk whose snapshots remain
     #[arg(value_parser = parse_disk_name)]
     disk: DiskName,
     /// Print JSON instead of a table
@@ -38,24 +70,72 @@ pub struct ListArgs {
     json: bool,
 }
 
+#[derive(Args)]
+pub struct DeleteArgs {
+    /// Snapshots to delete, as DISK@SNAP
+    #[arg(value_parser = parse_snapshot_ref, required = true, value_name = "DISK@SNAP")]
+    snapshots: Vec<SnapshotRef>,
+}
+
+#[derive(Args)]
+pub struct FullArgs {
+    /// The snapshot, as DISK@SNAP
+    #[arg(value_parser = parse_snapshot_ref, value_name = "DISK@SNAP")]
+    snapshot: SnapshotRef,
+}
+
+#[derive(Args)]
+pub struct RenameArgs {
+    /// The snapshot, as DISK@OLD
+    #[arg(value_parser = parse_snapshot_ref, value_name = "DISK@OLD")]
+    snapshot: SnapshotRef,
+    /// Its new name
+    #[arg(value_parser = parse_snap_name)]
+    new: SnapName,
+}
+
+/// Opens each directory to freeze, as this command's user.
+fn open_dirs(paths: &[PathBuf]) -> Result<(Vec<File>, Vec<String>), Failure> {
+    let mut files = vec![];
+    let mut names = vec![];
+    for p in paths {
+        let abs = absolute(p)?;
+        let f = File::open(&abs)
+            .map_err(|e| Failure::Refused(format!("cannot freeze {}: {e}", p.display())))?;
+        files.push(f);
+        names.push(abs.display().to_string());
+    }
+    Ok((files, names))
+}
+
 pub fn run(repo: &Path, cmd: SnapshotCommand) -> CmdResult {
+    let freeze = match &cmd {
+        SnapshotCommand::Create(a) => open_dirs(&a.freeze)?,
+        _ => (vec![], vec![]),
+    };
     let mut target = Target::open(repo)?;
     match cmd {
         SnapshotCommand::Create(a) => {
+            let (files, names) = freeze;
             let req = Request::SnapshotCreate {
-                disk: a.disk,
+                disks: a.disks,
                 name: a.name,
+                full: a.full,
+                freeze: names,
             };
-            let info = match target.call(req, &mut |_, _| {})? {
-                Response::Snapshot(info) => info,
+            let infos = match target.call_with(req, files, &mut |_, _| {})? {
+                Response::Snapshots(s) => s,
                 r => return Err(unexpected(r)),
             };
-            println!(
-                "created snapshot {}@{} ({} changed)",
-                info.disk,
-                info.name,
-                format_size(info.stored_bytes)
-            );
+            for info in infos {
+                println!(
+                    "created snapshot {}@{} ({} {})",
+                    info.disk,
+                    info.name,
+                    format_size(info.stored_bytes),
+                    if info.full { "stored, full" } else { "changed" }
+                );
+            }
         }
         SnapshotCommand::List(a) => {
             let snaps = match target.call(Request::SnapshotList { disk: a.disk }, &mut |_, _| {})? {
@@ -72,10 +152,63 @@ pub fn run(repo: &Path, cmd: SnapshotCommand) -> CmdResult {
                         s.name.clone(),
                         output::time(s.taken),
                         format_size(s.stored_bytes),
+                        if s.full { "full" } else { "incremental" }.into(),
                     ]
                 })
                 .collect();
-            output::table(&["NAME", "TAKEN", "STORED"], &rows);
+            output::table(&["NAME", "TAKEN", "STORED", "KIND"], &rows);
+        }
+        SnapshotCommand::Delete(a) => {
+            let n = a.snapshots.len();
+            let req = Request::SnapshotDelete {
+                snapshots: a.snapshots,
+            };
+            let report = match target.call(req, &mut |_, _| {})? {
+                Response::Deleted(r) => r,
+                r => return Err(unexpected(r)),
+            };
+            println!(
+                "deleted {} ({} given back{})",
+                if n == 1 {
+                    "1 snapshot".to_string()
+                } else {
+                    format!("{n} snapshots")
+                },
+                format_size(report.freed_bytes),
+                if report.waiting > 0 {
+                    "; the rest once what is reading them closes them, with `strata gc`"
+                } else {
+                    ""
+                }
+            );
+        }
+        SnapshotCommand::Full(a) => {
+            let mut progress = Progress::new("copying");
+            let req = Request::SnapshotFull {
+                snapshot: a.snapshot.clone(),
+            };
+            let resp = target.call(req, &mut |d, t| progress.update(d, t));
+            progress.finish();
+            let info = match resp? {
+                Response::Snapshot(i) => i,
+                r => return Err(unexpected(r)),
+            };
+            println!(
+                "snapshot {} is full ({} stored)",
+                a.snapshot,
+                format_size(info.stored_bytes)
+            );
+        }
+        SnapshotCommand::Rename(a) => {
+            let req = Request::SnapshotRename {
+                snapshot: a.snapshot.clone(),
+                to: a.new.clone(),
+            };
+            match target.call(req, &mut |_, _| {})? {
+                Response::Done => {}
+                r => return Err(unexpected(r)),
+            }
+            println!("renamed {} to {}@{}", a.snapshot, a.snapshot.disk, a.new);
         }
     }
     Ok(())

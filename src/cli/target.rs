@@ -37,20 +37,20 @@ impl Target {
         req: Request,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<Response, Failure> {
-        self.call_with(req, None, progress)
+        self.call_with(req, vec![], progress)
     }
 
-    /// Carries out a request that works on `file` (opened by this command).
+    /// Carries out a request that works on `files` (opened by this command).
     pub fn call_with(
         &mut self,
         req: Request,
-        file: Option<File>,
+        files: Vec<File>,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<Response, Failure> {
         let resp = match self {
-            Target::Local(repo) => execute(repo, req, file, progress),
+            Target::Local(repo) => execute(repo, req, files, progress),
             Target::Daemon(c) => c
-                .call(req, file.as_ref())
+                .call(req, &files)
                 .map_err(|e| Failure::Refused(format!("the mount's daemon did not answer: {e}")))?,
         };
         match resp {

@@ -34,10 +34,10 @@ impl Client {
         }
     }
 
-    /// Sends one request, with the file it works on if any, and waits for
+    /// Sends one request, with the files it works on if any, and waits for
     /// its answer (as long as the work takes).
-    pub fn call(&mut self, req: Request, file: Option<&File>) -> io::Result<Response> {
-        send(&self.stream, req, file)?;
+    pub fn call(&mut self, req: Request, files: &[File]) -> io::Result<Response> {
+        send(&self.stream, req, files)?;
         receive(&self.stream).map(|(resp, _)| resp)
     }
 }

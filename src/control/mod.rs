@@ -18,6 +18,7 @@
 //! peer speaking another protocol version is refused by name.
 
 mod client;
+pub mod freeze;
 mod server;
 
 use std::fs::File;
@@ -32,12 +33,13 @@ pub use client::Client;
 pub use server::{remove_socket, serve, ServerHooks};
 
 use crate::store::{
-    export, DiskInfo, DiskName, ExportStats, ExportTarget, ImageRef, ImportSource, QuarantinedFile,
-    Repository, SnapName, SnapshotInfo, StoreError,
+    export, DailyUsage, DeleteReport, DiskInfo, DiskName, ExportStats, ExportTarget, GcReport,
+    ImageRef, ImportSource, PruneReport, QuarantinedFile, Repository, Retention, SnapName,
+    SnapshotInfo, SnapshotOptions, SnapshotRef, StoreError, UsageReport,
 };
 
 /// Bumped whenever [`Request`] or [`Response`] change shape.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 /// Largest message accepted, so a confused peer cannot make us allocate GiBs.
 const MAX_MESSAGE: u32 = 64 << 20;
 
@@ -66,14 +68,63 @@ pub enum Request {
         size: Option<u64>,
         block_size: u32,
     },
+    DiskCreateFrom {
+        name: DiskName,
+        from: SnapshotRef,
+    },
     DiskList,
+    DiskDelete {
+        name: DiskName,
+        force: bool,
+    },
+    DiskRollback {
+        to: SnapshotRef,
+        force: bool,
+    },
+    DiskResize {
+        name: DiskName,
+        size: u64,
+    },
+    DiskRename {
+        from: DiskName,
+        to: DiskName,
+    },
+    /// With `freeze`, a descriptor of each directory to freeze comes along.
     SnapshotCreate {
-        disk: DiskName,
+        disks: Vec<DiskName>,
         name: Option<SnapName>,
+        full: bool,
+        /// How the directories to freeze are named, in the order of the
+        /// descriptors.
+        freeze: Vec<String>,
     },
     SnapshotList {
         disk: DiskName,
     },
+    SnapshotDelete {
+        snapshots: Vec<SnapshotRef>,
+    },
+    SnapshotFull {
+        snapshot: SnapshotRef,
+    },
+    SnapshotRename {
+        snapshot: SnapshotRef,
+        to: SnapName,
+    },
+    Prune {
+        disk: DiskName,
+        keep: Retention,
+        dry_run: bool,
+    },
+    Usage {
+        disk: Option<DiskName>,
+    },
+    UsageDaily {
+        /// Days since 1970-01-01.
+        from: Option<u32>,
+        to: Option<u32>,
+    },
+    Gc,
     /// The target comes as a descriptor.
     Export {
         image: String,
@@ -102,6 +153,11 @@ pub enum Response {
         stats: ExportStats,
     },
     Quarantine(Vec<QuarantinedFile>),
+    Deleted(DeleteReport),
+    Pruned(PruneReport),
+    Usage(UsageReport),
+    Daily(DailyUsage),
+    Gc(GcReport),
     /// The request was refused; `usage` marks bad arguments (exit status 2).
     Refused {
         message: String,
@@ -118,14 +174,16 @@ impl Response {
     }
 }
 
-/// Carries out `req` against `repo`. `file` is the descriptor the request
-/// works on, if it takes one. `progress` hears about long work.
+/// Carries out `req` against `repo`. `files` are the descriptors the
+/// request works on, if it takes any. `progress` hears about long work.
 pub fn execute(
     repo: &Repository,
     req: Request,
-    file: Option<File>,
+    files: Vec<File>,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Response {
+    let mut files = files.into_iter();
+    let mut file = files.next();
     let result = (|| -> Result<Response, StoreError> {
         let needs_file = |what: &str| {
             StoreError::invalid(
@@ -153,11 +211,57 @@ pub fn execute(
                 };
                 Response::Disk(repo.import_disk(&name, &src, block_size, progress)?)
             }
+            Request::DiskCreateFrom { name, from } => {
+                Response::Disk(repo.create_disk_from(&name, &from)?)
+            }
             Request::DiskList => Response::Disks(repo.disks()?),
-            Request::SnapshotCreate { disk, name } => {
-                Response::Snapshot(repo.snapshot(&disk, name)?)
+            Request::DiskDelete { name, force } => {
+                Response::Deleted(repo.delete_disk(&name, force)?)
+            }
+            Request::DiskRollback { to, force } => Response::Disk(repo.rollback(&to, force)?),
+            Request::DiskResize { name, size } => Response::Disk(repo.resize_disk(&name, size)?),
+            Request::DiskRename { from, to } => {
+                repo.rename_disk(&from, &to)?;
+                Response::Done
+            }
+            Request::SnapshotCreate {
+                disks,
+                name,
+                full,
+                freeze,
+            } => {
+                let dirs: Vec<(File, String)> =
+                    file.take().into_iter().chain(files).zip(freeze).collect();
+                let freezer = if dirs.is_empty() {
+                    None
+                } else {
+                    Some(freeze::Freezer::new(repo.path(), dirs)?)
+                };
+                let opts = SnapshotOptions {
+                    full,
+                    critical: freezer.as_ref().map(|f| f as &dyn crate::store::Critical),
+                };
+                Response::Snapshots(repo.snapshot_many(&disks, name, &opts)?)
             }
             Request::SnapshotList { disk } => Response::Snapshots(repo.snapshots(&disk)?),
+            Request::SnapshotDelete { snapshots } => {
+                Response::Deleted(repo.delete_snapshots(&snapshots)?)
+            }
+            Request::SnapshotFull { snapshot } => {
+                Response::Snapshot(repo.make_full(&snapshot, progress)?)
+            }
+            Request::SnapshotRename { snapshot, to } => {
+                repo.rename_snapshot(&snapshot, &to)?;
+                Response::Done
+            }
+            Request::Prune {
+                disk,
+                keep,
+                dry_run,
+            } => Response::Pruned(repo.prune(&disk, &keep, dry_run)?),
+            Request::Usage { disk } => Response::Usage(repo.usage(disk.as_ref())?),
+            Request::UsageDaily { from, to } => Response::Daily(repo.daily_usage(from, to)?),
+            Request::Gc => Response::Gc(repo.gc()?),
             Request::Export { image, target } => {
                 let file = file.ok_or_else(|| needs_file("an export"))?;
                 let r = ImageRef::parse(&image)?;
@@ -183,12 +287,8 @@ pub fn execute(
     result.unwrap_or_else(Response::refused)
 }
 
-/// Sends one message, with `fd` attached if given.
-pub(crate) fn send<T: Serialize>(
-    stream: &UnixStream,
-    body: T,
-    fd: Option<&File>,
-) -> io::Result<()> {
+/// Sends one message, with `files` attached.
+pub(crate) fn send<T: Serialize>(stream: &UnixStream, body: T, files: &[File]) -> io::Result<()> {
     let bytes = postcard::to_stdvec(&Envelope {
         version: PROTOCOL_VERSION,
         body,
@@ -198,16 +298,15 @@ pub(crate) fn send<T: Serialize>(
         u32::try_from(bytes.len()).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
     let mut msg = len.to_le_bytes().to_vec();
     msg.extend_from_slice(&bytes);
-    crate::sys::send_with_fd(stream, &msg, fd.map(|f| f.as_raw_fd()))
+    let fds: Vec<_> = files.iter().map(|f| f.as_raw_fd()).collect();
+    crate::sys::send_with_fds(stream, &msg, &fds)
 }
 
-/// Receives one message, and the descriptor that came with it, if any.
-pub(crate) fn receive<T: DeserializeOwned>(
-    stream: &UnixStream,
-) -> io::Result<(T, Option<OwnedFd>)> {
+/// Receives one message, and the descriptors that came with it.
+pub(crate) fn receive<T: DeserializeOwned>(stream: &UnixStream) -> io::Result<(T, Vec<OwnedFd>)> {
     use std::io::Read;
     let mut len = [0u8; 4];
-    let fd = crate::sys::recv_with_fd(stream, &mut len)?;
+    let fds = crate::sys::recv_with_fds(stream, &mut len)?;
     let len = u32::from_le_bytes(len);
     if len > MAX_MESSAGE {
         return Err(io::Error::new(
@@ -234,5 +333,5 @@ pub(crate) fn receive<T: DeserializeOwned>(
     let body = postcard::from_bytes::<Envelope<T>>(&buf)
         .map(|e| e.body)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-    Ok((body, fd))
+    Ok((body, fds))
 }

@@ -49,7 +49,7 @@ pub fn remove_socket(repo: &Path) {
 
 fn handle(conn: UnixStream, repo: &Repository, hooks: &ServerHooks) {
     loop {
-        let (req, fd): (Request, _) = match receive(&conn) {
+        let (req, fds): (Request, _) = match receive(&conn) {
             Ok(r) => r,
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return,
             Err(e) => {
@@ -59,13 +59,13 @@ fn handle(conn: UnixStream, repo: &Repository, hooks: &ServerHooks) {
                         message: e.to_string(),
                         usage: false,
                     },
-                    None,
+                    &[],
                 );
                 return;
             }
         };
         log::info!("control request: {req:?}");
-        let resp = match (req, checked_file(repo, fd)) {
+        let resp = match (req, checked_files(repo, fds)) {
             (_, Err(message)) => Response::Refused {
                 message,
                 usage: false,
@@ -77,28 +77,36 @@ fn handle(conn: UnixStream, repo: &Repository, hooks: &ServerHooks) {
                     usage: false,
                 },
             },
-            (req, Ok(file)) => execute(repo, req, file, &mut |_, _| {}),
+            (req, Ok(files)) => execute(repo, req, files, &mut |_, _| {}),
         };
-        if send(&conn, resp, None).is_err() {
+        if send(&conn, resp, &[]).is_err() {
             return;
         }
     }
 }
 
-/// A descriptor a command handed over, unless it is one of the
+/// The descriptors a command handed over, unless one is one of the
 /// repository's own files: nothing may read or write those through a
 /// command, and closing a descriptor of the lock file would drop the
 /// daemon's lock, so such a descriptor is kept open, unused.
-fn checked_file(repo: &Repository, fd: Option<OwnedFd>) -> Result<Option<File>, String> {
-    let Some(fd) = fd else { return Ok(None) };
-    let file = File::from(fd);
-    let md = file.metadata().map_err(|e| e.to_string())?;
-    if Repository::holds(repo.path(), &md) {
-        std::mem::forget(file);
-        return Err(format!(
-            "the file handed over is inside the repository {}; choose a file outside it",
-            repo.path().display()
-        ));
+fn checked_files(repo: &Repository, fds: Vec<OwnedFd>) -> Result<Vec<File>, String> {
+    let mut out = Vec::new();
+    let mut refused = None;
+    for fd in fds {
+        let file = File::from(fd);
+        let md = file.metadata().map_err(|e| e.to_string())?;
+        if md.is_file() && Repository::holds(repo.path(), &md) {
+            std::mem::forget(file);
+            refused = Some(format!(
+                "the file handed over is inside the repository {}; choose a file outside it",
+                repo.path().display()
+            ));
+        } else {
+            out.push(file);
+        }
     }
-    Ok(Some(file))
+    match refused {
+        Some(m) => Err(m),
+        None => Ok(out),
+    }
 }

@@ -57,6 +57,7 @@ pub fn run(
     check_mountpoint(mountpoint)?;
     let repo = Arc::new(Repository::open(repo)?);
     let fs = StrataFs::new(repo.clone(), opts.read_only);
+    let keeper = fs.keeper();
     let config = session_config(&repo.path().display().to_string(), opts);
     let mp = mountpoint.to_owned();
     let mount_err = |source| DaemonError::Mount {
@@ -74,6 +75,7 @@ pub fn run(
         (session, Unmounter::Fusermount(mp.clone()))
     };
     let unmounter = Arc::new(unmounter);
+    keeper.start(session.notifier());
 
     let unmount = {
         let (repo, unmounter, mp) = (repo.clone(), unmounter.clone(), mp.clone());

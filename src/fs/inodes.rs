@@ -1,11 +1,16 @@
 //! Inode numbers for the mount's tree. A node keeps the number it was first
 //! given for the life of the mount, so the kernel's caches stay coherent.
+//!
+//! Directories are named by the disk they show; images by their identity:
+//! a snapshot's image by its layer, a live image by its disk's id. So a
+//! name reused for another snapshot or disk is another inode, and what the
+//! kernel cached for the old one is never served for the new.
 
 use std::collections::HashMap;
 
 use parking_lot::Mutex;
 
-use crate::store::{DiskName, SnapshotRef};
+use crate::store::{DiskName, LayerId};
 
 /// What an inode stands for.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -13,12 +18,12 @@ pub enum Node {
     Root,
     /// `<disk>/`
     DiskDir(DiskName),
-    /// `<disk>/live.img`
-    Live(DiskName),
+    /// `<disk>/live.img`, by the disk's id
+    Live(LayerId),
     /// `<disk>/snapshots/`
     SnapDir(DiskName),
-    /// `<disk>/snapshots/<snap>.img`
-    SnapImg(SnapshotRef),
+    /// `<disk>/snapshots/<snap>.img`, by the snapshot's layer
+    SnapImg(LayerId),
 }
 
 impl Node {
@@ -66,6 +71,11 @@ impl Inodes {
         t.by_node.insert(node.clone(), ino);
         t.by_ino.insert(ino, node.clone());
         ino
+    }
+
+    /// The inode number of `node` if it has one already.
+    pub fn get(&self, node: &Node) -> Option<u64> {
+        self.inner.lock().by_node.get(node).copied()
     }
 
     pub fn node(&self, ino: u64) -> Option<Node> {

@@ -10,9 +10,15 @@
 //! acknowledged (no write-back cache), so a snapshot holds every write that
 //! returned to its writer. Snapshot images never change, so they are opened
 //! with `FOPEN_KEEP_CACHE` and given long attribute lifetimes.
+//!
+//! The tree changes under the kernel when a command deletes, renames or
+//! rolls back (see [`keeper`]): images are inodes by identity (their layer,
+//! their disk's id), never by name, and the keeper invalidates what the
+//! kernel cached for what changed.
 
 pub mod daemon;
 mod inodes;
+mod keeper;
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -29,10 +35,12 @@ use fuser::{
 use parking_lot::{Mutex, RwLock};
 
 use crate::store::{
-    Disk, DiskName, ImageRead, Repository, SnapName, Snapshot, SnapshotRef, StoreError,
+    Disk, DiskName, ImageRead, LayerId, Repository, SnapName, Snapshot, SnapshotRef, StoreError,
+    WriterGuard,
 };
 use crate::sys;
 use inodes::{Inodes, Node};
+pub use keeper::Keeper;
 
 /// How long the kernel may trust what it is told about directories and the
 /// live image, which change; and about snapshots, which do not.
@@ -49,7 +57,12 @@ thread_local! {
 }
 
 enum Open {
-    Live(Arc<Disk>),
+    Live {
+        disk: Arc<Disk>,
+        /// Held while the handle may write: rollback and delete refuse
+        /// meanwhile unless forced.
+        _writer: Option<WriterGuard>,
+    },
     Snapshot(Arc<Snapshot>),
     /// A snapshot the kernel reads from its one layer file itself; the
     /// backing id must live as long as the open file.
@@ -62,7 +75,7 @@ enum Open {
 impl Open {
     fn image(&self) -> &dyn ImageRead {
         match self {
-            Open::Live(d) => d.as_ref(),
+            Open::Live { disk, .. } => disk.as_ref(),
             Open::Snapshot(s) | Open::Passthrough { snap: s, .. } => s.as_ref(),
         }
     }
@@ -76,14 +89,17 @@ pub struct StrataFs {
     uid: u32,
     gid: u32,
     mounted: SystemTime,
-    inodes: Inodes,
+    inodes: Arc<Inodes>,
     handles: RwLock<HashMap<u64, Arc<Open>>>,
     next_fh: AtomicU64,
-    /// When each live image was last written through this mount.
-    written: Mutex<HashMap<DiskName, SystemTime>>,
+    /// When each live image (by disk id) was last written through this mount.
+    written: Mutex<HashMap<LayerId, SystemTime>>,
     /// The backing file of each passthrough inode while it is open: the
     /// kernel allows one backing file per inode, shared by all its opens.
     backings: Mutex<HashMap<u64, std::sync::Weak<fuser::BackingId>>>,
+    /// Asks the keeper to give back a deleted snapshot's layer once its
+    /// last handle is closed.
+    tidy: keeper::TidyHandle,
 }
 
 fn errno(e: &StoreError) -> Errno {
@@ -103,15 +119,39 @@ impl StrataFs {
             uid: sys::effective_uid(),
             gid: sys::effective_gid(),
             mounted: SystemTime::now(),
-            inodes: Inodes::default(),
+            inodes: Arc::new(Inodes::default()),
             handles: RwLock::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             written: Mutex::new(HashMap::new()),
             backings: Mutex::new(HashMap::new()),
+            tidy: keeper::TidyHandle::default(),
         }
     }
 
-    fn attr(&self, ino: u64, node: &Node) -> Result<(FileAttr, Duration), Errno> {
+    /// What keeps the kernel's caches true to the repository; started with
+    /// the session's notifier once mounted.
+    pub fn keeper(&self) -> Keeper {
+        Keeper::new(self.repo.clone(), self.inodes.clone(), self.tidy.clone())
+    }
+
+    /// When the directories of disk `d` were made: the disk's creation, or
+    /// for a deleted disk whose snapshots remain, its first snapshot.
+    fn dir_time(&self, d: &DiskName) -> Result<SystemTime, Errno> {
+        if let Ok(info) = self.repo.disk_info(d) {
+            return Ok(from_ns(info.created));
+        }
+        let snaps = self.repo.snapshots(d).map_err(|e| errno(&e))?;
+        Ok(snaps.first().map_or(self.mounted, |s| from_ns(s.taken)))
+    }
+
+    /// `open`: the handle the kernel asks through, if any (an open image
+    /// whose name went away still answers for itself).
+    fn attr(
+        &self,
+        ino: u64,
+        node: &Node,
+        open: Option<&Open>,
+    ) -> Result<(FileAttr, Duration), Errno> {
         let base = |kind, perm, size, blocks, time, ttl| {
             (
                 FileAttr {
@@ -137,16 +177,21 @@ impl StrataFs {
         let dir = |time| base(FileType::Directory, 0o755, 0, 0, time, TTL_CHANGING);
         Ok(match node {
             Node::Root => dir(self.mounted),
-            Node::DiskDir(d) | Node::SnapDir(d) => {
-                let info = self.repo.disk_info(d).map_err(|e| errno(&e))?;
-                dir(from_ns(info.created))
-            }
-            Node::Live(d) => {
-                let info = self.repo.disk_info(d).map_err(|e| errno(&e))?;
+            Node::DiskDir(d) | Node::SnapDir(d) => dir(self.dir_time(d)?),
+            Node::Live(id) => {
+                let info = match (self.repo.disk_name_of(*id), open) {
+                    (Some(name), _) => self.repo.disk_info(&name).map_err(|e| errno(&e))?,
+                    (None, Some(Open::Live { disk, .. })) => crate::store::DiskInfo {
+                        size: disk.size(),
+                        live_bytes: disk.live_stored_bytes().map_err(|e| errno(&e))?,
+                        ..Default::default()
+                    },
+                    (None, _) => return Err(Errno::ENOENT),
+                };
                 let time = self
                     .written
                     .lock()
-                    .get(d)
+                    .get(id)
                     .copied()
                     .unwrap_or(from_ns(info.created));
                 let perm = if self.read_only { 0o444 } else { 0o644 };
@@ -159,8 +204,14 @@ impl StrataFs {
                     TTL_CHANGING,
                 )
             }
-            Node::SnapImg(r) => {
-                let info = self.repo.snapshot_info(r).map_err(|e| errno(&e))?;
+            Node::SnapImg(layer) => {
+                let info = match (self.repo.snapshot_info_by_layer(*layer), open) {
+                    (Some(info), _) => info,
+                    (None, Some(Open::Snapshot(s) | Open::Passthrough { snap: s, .. })) => {
+                        s.info().clone()
+                    }
+                    (None, _) => return Err(Errno::ENOENT),
+                };
                 let blocks = info.stored_bytes.div_ceil(512);
                 base(
                     FileType::RegularFile,
@@ -182,14 +233,19 @@ impl StrataFs {
         let name = name.to_str().ok_or(Errno::ENOENT)?;
         let node = match parent {
             Node::Root => Node::DiskDir(DiskName::parse(name).map_err(|_| Errno::ENOENT)?),
-            Node::DiskDir(d) if name == LIVE_NAME => Node::Live(d.clone()),
+            Node::DiskDir(d) if name == LIVE_NAME => {
+                let info = self.repo.disk_info(d).map_err(|e| errno(&e))?;
+                Node::Live(info.id)
+            }
             Node::DiskDir(d) if name == SNAP_DIR => Node::SnapDir(d.clone()),
             Node::SnapDir(d) => {
                 let snap = name.strip_suffix(IMG_SUFFIX).ok_or(Errno::ENOENT)?;
-                Node::SnapImg(SnapshotRef {
+                let r = SnapshotRef {
                     disk: d.clone(),
                     snap: SnapName::parse(snap).map_err(|_| Errno::ENOENT)?,
-                })
+                };
+                let info = self.repo.snapshot_info(&r).map_err(|e| errno(&e))?;
+                Node::SnapImg(info.layer)
             }
             _ => return Err(Errno::ENOENT),
         };
@@ -203,41 +259,33 @@ impl StrataFs {
         Ok(match node {
             Node::Root => {
                 let mut v = vec![dot(node), dotdot(Node::Root)];
-                for info in self.repo.disks().map_err(|e| errno(&e))? {
-                    if let Ok(d) = DiskName::parse(&info.name) {
-                        v.push((Node::DiskDir(d), FileType::Directory, info.name));
-                    }
+                for d in self.repo.disk_names() {
+                    let name = d.to_string();
+                    v.push((Node::DiskDir(d), FileType::Directory, name));
                 }
                 v
             }
-            Node::DiskDir(d) => vec![
-                dot(node),
-                dotdot(Node::Root),
-                (
-                    Node::Live(d.clone()),
-                    FileType::RegularFile,
-                    LIVE_NAME.into(),
-                ),
-                (
+            Node::DiskDir(d) => {
+                let mut v = vec![dot(node), dotdot(Node::Root)];
+                // A deleted disk's directory keeps only its snapshots.
+                if let Ok(info) = self.repo.disk_info(d) {
+                    v.push((Node::Live(info.id), FileType::RegularFile, LIVE_NAME.into()));
+                }
+                v.push((
                     Node::SnapDir(d.clone()),
                     FileType::Directory,
                     SNAP_DIR.into(),
-                ),
-            ],
+                ));
+                v
+            }
             Node::SnapDir(d) => {
                 let mut v = vec![dot(node), dotdot(Node::DiskDir(d.clone()))];
                 for s in self.repo.snapshots(d).map_err(|e| errno(&e))? {
-                    if let Ok(snap) = SnapName::parse(&s.name) {
-                        let r = SnapshotRef {
-                            disk: d.clone(),
-                            snap,
-                        };
-                        v.push((
-                            Node::SnapImg(r),
-                            FileType::RegularFile,
-                            format!("{}{IMG_SUFFIX}", s.name),
-                        ));
-                    }
+                    v.push((
+                        Node::SnapImg(s.layer),
+                        FileType::RegularFile,
+                        format!("{}{IMG_SUFFIX}", s.name),
+                    ));
                 }
                 v
             }
@@ -292,20 +340,41 @@ impl StrataFs {
     fn open_node(&self, node: &Node, flags: OpenFlags) -> Result<(Open, FopenFlags), Errno> {
         let writing = flags.acc_mode() != OpenAccMode::O_RDONLY;
         match node {
-            Node::Live(d) => {
+            Node::Live(id) => {
                 if writing && self.read_only {
                     return Err(Errno::EROFS);
                 }
                 // O_TRUNC is ignored, as a block device ignores it: the
                 // image keeps its size (FUSE_ATOMIC_O_TRUNC delivers it here).
-                let disk = self.repo.disk(d).map_err(|e| errno(&e))?;
-                Ok((Open::Live(disk), FopenFlags::empty()))
+                let name = self.repo.disk_name_of(*id).ok_or(Errno::ENOENT)?;
+                let disk = self.repo.disk(&name).map_err(|e| errno(&e))?;
+                if disk.id() != *id {
+                    return Err(Errno::ENOENT);
+                }
+                let writer = writing.then(|| disk.register_writer());
+                let open = Open::Live {
+                    disk,
+                    _writer: writer,
+                };
+                Ok((open, FopenFlags::empty()))
             }
-            Node::SnapImg(r) => {
+            Node::SnapImg(layer) => {
                 if writing || flags.0 & libc::O_TRUNC != 0 {
                     return Err(Errno::EROFS);
                 }
-                let snap = self.repo.open_snapshot(r).map_err(|e| errno(&e))?;
+                let info = self
+                    .repo
+                    .snapshot_info_by_layer(*layer)
+                    .ok_or(Errno::ENOENT)?;
+                let r = SnapshotRef {
+                    disk: DiskName::parse(&info.disk).map_err(|_| Errno::ENOENT)?,
+                    snap: SnapName::parse(&info.name).map_err(|_| Errno::ENOENT)?,
+                };
+                let snap = self.repo.open_snapshot(&r).map_err(|e| errno(&e))?;
+                // Deleted and its name reused in between: not this inode's.
+                if snap.info().layer != *layer {
+                    return Err(Errno::ENOENT);
+                }
                 Ok((Open::Snapshot(Arc::new(snap)), FopenFlags::FOPEN_KEEP_CACHE))
             }
             _ => Err(Errno::EISDIR),
@@ -357,7 +426,7 @@ impl Filesystem for StrataFs {
             .and_then(|p| self.child(&p, name))
             .and_then(|node| {
                 let ino = self.inodes.ino(&node);
-                self.attr(ino, &node)
+                self.attr(ino, &node, None)
             });
         match result {
             Ok((attr, ttl)) => reply.entry(&ttl, &attr, Generation(0)),
@@ -365,8 +434,12 @@ impl Filesystem for StrataFs {
         }
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.node(ino).and_then(|n| self.attr(ino.0, &n)) {
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        let open = fh.and_then(|fh| self.handle(fh).ok());
+        match self
+            .node(ino)
+            .and_then(|n| self.attr(ino.0, &n, open.as_deref()))
+        {
             Ok((attr, ttl)) => reply.attr(&ttl, &attr),
             Err(e) => reply.error(e),
         }
@@ -383,15 +456,16 @@ impl Filesystem for StrataFs {
         atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
         _ctime: Option<SystemTime>,
-        _fh: Option<FileHandle>,
+        fh: Option<FileHandle>,
         _crtime: Option<SystemTime>,
         _chgtime: Option<SystemTime>,
         _bkuptime: Option<SystemTime>,
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        let open = fh.and_then(|fh| self.handle(fh).ok());
         let result = self.node(ino).and_then(|node| {
-            let (attr, ttl) = self.attr(ino.0, &node)?;
+            let (attr, ttl) = self.attr(ino.0, &node, open.as_deref())?;
             let resize = size.is_some_and(|s| s != attr.size);
             let owner = mode.is_some() || uid.is_some() || gid.is_some();
             let times = atime.is_some() || mtime.is_some();
@@ -560,7 +634,7 @@ impl Filesystem for StrataFs {
         reply: ReplyWrite,
     ) {
         let result = self.handle(fh).and_then(|open| {
-            let Open::Live(disk) = open.as_ref() else {
+            let Open::Live { disk, .. } = open.as_ref() else {
                 return Err(Errno::EROFS);
             };
             if self.read_only {
@@ -573,9 +647,7 @@ impl Filesystem for StrataFs {
             }
             let len = (data.len() as u64).min(room) as usize;
             disk.write_at(offset, &data[..len]).map_err(|e| errno(&e))?;
-            self.written
-                .lock()
-                .insert(disk.name().clone(), SystemTime::now());
+            self.written.lock().insert(disk.id(), SystemTime::now());
             Ok(len as u32)
         });
         match result {
@@ -605,7 +677,7 @@ impl Filesystem for StrataFs {
         reply: ReplyEmpty,
     ) {
         let result = self.handle(fh).and_then(|open| match open.as_ref() {
-            Open::Live(disk) => disk.flush().map_err(|e| errno(&e)),
+            Open::Live { disk, .. } => disk.flush().map_err(|e| errno(&e)),
             Open::Snapshot(_) | Open::Passthrough { .. } => Ok(()),
         });
         match result {
@@ -624,8 +696,17 @@ impl Filesystem for StrataFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.handles.write().remove(&fh.0);
+        let open = self.handles.write().remove(&fh.0);
         reply.ok();
+        let layer = match open.as_deref() {
+            Some(Open::Snapshot(s) | Open::Passthrough { snap: s, .. }) => Some(s.info().layer),
+            _ => None,
+        };
+        drop(open);
+        // A deleted snapshot's handle closed: its layer may go now.
+        if layer.is_some_and(|l| self.repo.snapshot_info_by_layer(l).is_none()) {
+            self.tidy.request();
+        }
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -677,7 +758,7 @@ impl Filesystem for StrataFs {
         reply: ReplyEmpty,
     ) {
         let result = self.handle(fh).and_then(|open| {
-            let Open::Live(disk) = open.as_ref() else {
+            let Open::Live { disk, .. } = open.as_ref() else {
                 return Err(Errno::EROFS);
             };
             if self.read_only {
@@ -702,9 +783,7 @@ impl Filesystem for StrataFs {
                 // Discard: the range reads as zeros and whole blocks cost nothing.
                 disk.discard(offset, end.min(size) - offset)
                     .map_err(|e| errno(&e))?;
-                self.written
-                    .lock()
-                    .insert(disk.name().clone(), SystemTime::now());
+                self.written.lock().insert(disk.id(), SystemTime::now());
             }
             // Plain allocation: a thin disk reserves nothing, so it is done.
             Ok(())

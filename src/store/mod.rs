@@ -85,7 +85,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use catalog::{Catalog, CatalogFile, CommitError, FrozenInfo, Intent, IntentKind, SnapshotRecord};
-pub use disk::Disk;
+pub use disk::{Disk, WriterGuard};
 pub use error::{Result, StoreError};
 pub use export::{export, ExportStats, ExportTarget};
 use extents::OwnerMap;
@@ -118,7 +118,7 @@ const MAP_CACHE: usize = 64;
 const PRESYNC_SETTLED: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// A disk as `disk list` shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DiskInfo {
     pub name: String,
     pub size: u64,
@@ -729,6 +729,18 @@ impl Repository {
             created: rec.created,
             id: rec.id,
         })
+    }
+
+    /// The name of the disk whose id is `id`, if it still exists (how the
+    /// mount finds a live image by its identity).
+    pub fn disk_name_of(&self, id: LayerId) -> Option<DiskName> {
+        let state = self.inner.catalog.lock();
+        state
+            .cat
+            .disks
+            .iter()
+            .find(|(_, d)| d.id == id)
+            .map(|(n, _)| n.clone())
     }
 
     /// The live image of a disk, opened (and recovered) on first use.

@@ -110,7 +110,7 @@ name_type!(
 );
 
 /// `DISK@SNAP`: one snapshot of one disk.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct SnapshotRef {
     pub disk: DiskName,
     pub snap: SnapName,

@@ -1,0 +1,144 @@
+//! Keeps the kernel's caches true to the repository while it changes under
+//! the mount: a command deletes, renames or rolls back through the control
+//! socket, and the store tells of it ([`Event`]); the keeper invalidates
+//! what the kernel cached for what changed (entries, attributes, pages)
+//! with fuser's notifier. It also gives back a deleted snapshot's layer
+//! once the last handle on it is closed.
+//!
+//! It runs on a thread of its own: a notification is a write to the FUSE
+//! device, which may wait for the kernel to take a directory's lock held
+//! by a request the workers are serving; the thread that made the change
+//! (and may hold the store's locks) never waits for that.
+
+use std::ffi::OsStr;
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::{Arc, Weak};
+
+use fuser::{INodeNo, Notifier};
+use parking_lot::Mutex;
+
+use super::inodes::{Inodes, Node, ROOT_INO};
+use super::{IMG_SUFFIX, LIVE_NAME};
+use crate::store::{Event, Repository};
+
+enum Job {
+    Invalidate(Event),
+    Tidy,
+}
+
+/// Where the file system asks for a tidy; a no-op until the keeper runs.
+#[derive(Clone, Default)]
+pub(crate) struct TidyHandle(Arc<Mutex<Option<Sender<Job>>>>);
+
+impl TidyHandle {
+    pub(crate) fn request(&self) {
+        if let Some(tx) = self.0.lock().as_ref() {
+            let _ = tx.send(Job::Tidy);
+        }
+    }
+}
+
+/// See the module doc.
+pub struct Keeper {
+    repo: Arc<Repository>,
+    inodes: Arc<Inodes>,
+    tidy: TidyHandle,
+}
+
+impl Keeper {
+    pub(crate) fn new(repo: Arc<Repository>, inodes: Arc<Inodes>, tidy: TidyHandle) -> Keeper {
+        Keeper { repo, inodes, tidy }
+    }
+
+    /// Starts the keeper's thread; it stops when the repository is dropped.
+    pub fn start(self, notifier: Notifier) {
+        let (tx, rx) = channel();
+        {
+            let tx = Mutex::new(tx.clone());
+            self.repo.subscribe(move |e| {
+                let _ = tx.lock().send(Job::Invalidate(e.clone()));
+            });
+        }
+        *self.tidy.0.lock() = Some(tx);
+        // Weak: the repository's listener holds the sending side, so a
+        // strong reference here would keep both alive for ever.
+        let repo = Arc::downgrade(&self.repo);
+        let inodes = self.inodes;
+        let spawned = std::thread::Builder::new()
+            .name("strata-keeper".into())
+            .spawn(move || run(rx, repo, &inodes, &notifier));
+        if let Err(e) = spawned {
+            log::error!("cannot start the cache keeper: {e}");
+        }
+    }
+}
+
+fn run(rx: Receiver<Job>, repo: Weak<Repository>, inodes: &Inodes, n: &Notifier) {
+    while let Ok(job) = rx.recv() {
+        let Some(repo) = repo.upgrade() else { return };
+        match job {
+            Job::Invalidate(e) => invalidate(&repo, inodes, n, &e),
+            Job::Tidy => {
+                // Several handles closing at once need one gc.
+                while let Ok(Job::Tidy) = rx.try_recv() {}
+                match repo.gc() {
+                    Ok(r) if r.freed_bytes > 0 => {
+                        log::info!(
+                            "gave back {} bytes of closed deleted snapshots",
+                            r.freed_bytes
+                        )
+                    }
+                    Ok(_) => {}
+                    Err(e) => log::warn!("giving back closed deleted snapshots: {e}"),
+                }
+            }
+        }
+    }
+}
+
+/// Tells the kernel to forget what it cached for what `e` changed. A node
+/// the kernel never saw has no inode yet, and nothing to forget.
+fn invalidate(repo: &Repository, inodes: &Inodes, n: &Notifier, e: &Event) {
+    let entry = |parent: Option<u64>, name: &str| {
+        if let Some(p) = parent {
+            if let Err(err) = n.inval_entry(INodeNo(p), OsStr::new(name)) {
+                log::debug!("invalidating entry {name}: {err}");
+            }
+        }
+    };
+    // offset -1: attributes only; 0: attributes and every cached page.
+    let inode = |node: Node, offset: i64| {
+        if let Some(ino) = inodes.get(&node) {
+            if let Err(err) = n.inval_inode(INodeNo(ino), offset, 0) {
+                log::debug!("invalidating inode {ino}: {err}");
+            }
+        }
+    };
+    let img = |snap: &dyn std::fmt::Display| format!("{snap}{IMG_SUFFIX}");
+    match e {
+        Event::SnapshotGone { disk, snap, layer } => {
+            entry(inodes.get(&Node::SnapDir(disk.clone())), &img(snap));
+            inode(Node::SnapImg(*layer), 0);
+            if !repo.disk_names().contains(disk) {
+                entry(Some(ROOT_INO), disk.as_str());
+            }
+        }
+        Event::SnapshotRenamed { disk, from, to, .. } => {
+            let dir = inodes.get(&Node::SnapDir(disk.clone()));
+            entry(dir, &img(from));
+            entry(dir, &img(to));
+        }
+        Event::SnapshotChanged { layer } => inode(Node::SnapImg(*layer), -1),
+        Event::DiskGone { disk } => {
+            entry(inodes.get(&Node::DiskDir(disk.clone())), LIVE_NAME);
+            if !repo.disk_names().contains(disk) {
+                entry(Some(ROOT_INO), disk.as_str());
+            }
+        }
+        Event::DiskRenamed { from, to } => {
+            entry(Some(ROOT_INO), from.as_str());
+            entry(Some(ROOT_INO), to.as_str());
+        }
+        Event::LiveChanged { id, .. } => inode(Node::Live(*id), 0),
+    }
+}
