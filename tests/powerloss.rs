@@ -1,7 +1,8 @@
 //! Power loss, simulated: a seeded workload (writes of any size, zero
-//! writes, discards, flushes, snapshots, disk creation and import, reopens)
-//! runs against a repository on the power-loss simulator, which records
-//! every write and sync. Then, at every sync barrier of that history, the
+//! writes, discards, flushes, snapshots, disk creation and import, reopens,
+//! snapshot and disk deletes, rollbacks, disks from snapshots, full
+//! copies and gc) runs against a repository on the power-loss simulator,
+//! which records every write and sync. Then, at every sync barrier of that history, the
 //! device state after a power cut is rebuilt several ways (nothing unsynced
 //! kept, everything kept, a random part kept with the last write torn), and
 //! each state must:
@@ -9,13 +10,15 @@
 //! - open;
 //! - hold every snapshot whose `snapshot create` had returned, bit-exact,
 //!   none that was never asked for, and an in-flight one either whole or
-//!   not at all;
-//! - hold every disk whose creation had returned, none never asked for;
+//!   not at all; none whose delete had returned, and one being deleted
+//!   either whole or not at all;
+//! - hold every disk whose creation had returned, none never asked for,
+//!   none whose delete had returned;
 //! - read, in every 512-byte sector of every live disk, what that sector
-//!   held at the disk's last acknowledged flush (or snapshot, or creation),
-//!   or what a later write that had started before the cut put there (or,
-//!   since unsynced writes reach the device in any order and torn, each
-//!   byte as one of those did).
+//!   held at the disk's last acknowledged flush (or snapshot, creation or
+//!   rollback), or what a later write that had started before the cut put
+//!   there (or, since unsynced writes reach the device in any order and
+//!   torn, each byte as one of those did).
 //!
 //! The workload and the oracle are in `common/workload.rs`.
 
@@ -50,7 +53,7 @@ fn crash_everywhere(seed: u64, ops: usize) -> usize {
 #[test]
 fn every_power_cut_keeps_what_was_acknowledged() {
     let mut states = 0;
-    for seed in 1..=6 {
+    for seed in 1..=8 {
         states += crash_everywhere(seed, 120);
     }
     eprintln!("checked {states} crash states");

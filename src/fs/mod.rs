@@ -703,8 +703,9 @@ impl Filesystem for StrataFs {
             _ => None,
         };
         drop(open);
-        // A deleted snapshot's handle closed: its layer may go now.
-        if layer.is_some_and(|l| self.repo.snapshot_info_by_layer(l).is_none()) {
+        // An image that kept deleted snapshots' layers was closed: they
+        // may go now.
+        if layer.is_some_and(|l| self.repo.reads_hidden(l)) {
             self.tidy.request();
         }
     }

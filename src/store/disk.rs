@@ -273,17 +273,59 @@ impl Disk {
         Ok(())
     }
 
+    /// Before the disk grows past a partial last block: the live layer takes
+    /// that block whole (a copy-up, as a write into it would do), so that
+    /// the block's new tail is read from a file as large as the grown disk
+    /// and reads as zeros. Older layers' files end with the old size. The
+    /// caller flushes before committing the new size.
+    pub(crate) fn own_partial_tail(&self) -> Result<()> {
+        let geo = self.geo();
+        let bs = self.block_size as u64;
+        if geo.size % bs == 0 {
+            return Ok(());
+        }
+        let _w = self.writer.lock();
+        self.check_latch()?;
+        let last = geo.size - 1;
+        if self.state.read().live.present.get(last / bs).is_some() {
+            return Ok(());
+        }
+        // Rewriting its last byte with itself copies the block up; the
+        // writer lock keeps any other write out meanwhile.
+        let mut byte = [0u8];
+        image::read_at(self, last, &mut byte)?;
+        self.write_locked(last, &byte).map_err(|e| self.latch(e))
+    }
+
     /// Makes every write completed before the call durable (guarantee 3).
     pub fn flush(&self) -> Result<()> {
+        self.flush_with(false).map(|_| ())
+    }
+
+    /// Flushes, and returns the blocks the live layer holds durably now:
+    /// what a crash from here on cannot take from it. Tidy frees a block
+    /// below the live layer only if it is in there.
+    pub(crate) fn flush_present(&self) -> Result<ExtentSet> {
+        Ok(self.flush_with(true)?.unwrap_or_default())
+    }
+
+    fn flush_with(&self, want_present: bool) -> Result<Option<ExtentSet>> {
         let mut journal = self.journal.lock();
         self.check_latch()?;
-        let (changes, full, data) = {
+        let (changes, full, data, present) = {
             let _w = self.writer.lock();
             let mut st = self.state.write();
             let full = journal
                 .wants_rewrite(&st.live.present)
                 .then(|| st.live.present.clone());
-            (st.live.take_unlogged(), full, st.live.data.clone())
+            let present = want_present.then(|| {
+                let mut set = ExtentSet::new();
+                for (r, _) in st.live.present.runs() {
+                    set.insert(r);
+                }
+                set
+            });
+            (st.live.take_unlogged(), full, st.live.data.clone(), present)
         };
         let path = self.state.read().live.data_path.clone();
         data.sync_data()
@@ -293,7 +335,8 @@ impl Disk {
             None if changes.is_empty() => Ok(()),
             None => journal.append(&changes),
         };
-        journaled.map_err(|e| self.latch(e))
+        journaled.map_err(|e| self.latch(e))?;
+        Ok(present)
     }
 
     /// Syncs the live layer's data without holding up writers: the bulk of
@@ -329,6 +372,12 @@ impl Disk {
 
     /// Replaces the live layer with `fresh`, over `base` (a rollback), with
     /// the disk held still by `lock`.
+    /// Gives the disk a new owner map of the frozen chain below its live
+    /// layer: the same image, read from where its blocks are now.
+    pub(crate) fn set_base(&self, base: OwnerMap) {
+        self.state.write().base = base;
+    }
+
     pub(crate) fn replace_live(
         &self,
         lock: FreezeLock<'_>,

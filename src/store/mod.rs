@@ -206,6 +206,13 @@ struct Inner {
     /// Held by everything that changes the shape of the layer tree.
     structure: Mutex<()>,
     views: Arc<Views>,
+    /// Bumped after a change that leaves owner maps built before it
+    /// pointing at copies that may go (a snapshot made full): see
+    /// [`Repository::open_snapshot`].
+    relaid: std::sync::atomic::AtomicU64,
+    /// Some open disk may still have an owner map from before the last
+    /// [`Repository::relay`]: tidy frees nothing until it has a new one.
+    stale_bases: std::sync::atomic::AtomicBool,
     listeners: Mutex<Vec<Listener>>,
     notices: Vec<String>,
 }
@@ -226,26 +233,30 @@ pub(crate) struct ImageMap {
     pub flat: Option<LayerId>,
 }
 
-/// Open snapshot images, by their top layer. A deleted snapshot's layer is
-/// not trimmed or merged while an image of it is open, so that it reads the
-/// same until it is closed.
+/// Open snapshot images, by every layer of the chain they read. A layer an
+/// open image reads through (a deleted snapshot's own layer, or one below
+/// an open image) is not trimmed, merged or removed until the image is
+/// closed, so that it reads the same until then.
 #[derive(Default)]
 pub(crate) struct Views {
     open: Mutex<HashMap<LayerId, usize>>,
 }
 
-/// Keeps a snapshot's layer as it is while an image of it is open.
+/// Keeps the layers an open image reads as they are while it is open.
 pub(crate) struct ViewGuard {
     views: Arc<Views>,
-    layer: LayerId,
+    layers: Vec<LayerId>,
 }
 
 impl Views {
-    fn open(self: &Arc<Self>, layer: LayerId) -> ViewGuard {
-        *self.open.lock().entry(layer).or_default() += 1;
+    fn open(self: &Arc<Self>, layers: Vec<LayerId>) -> ViewGuard {
+        let mut open = self.open.lock();
+        for l in &layers {
+            *open.entry(*l).or_default() += 1;
+        }
         ViewGuard {
             views: self.clone(),
-            layer,
+            layers,
         }
     }
 
@@ -257,10 +268,12 @@ impl Views {
 impl Drop for ViewGuard {
     fn drop(&mut self) {
         let mut open = self.views.open.lock();
-        if let Some(n) = open.get_mut(&self.layer) {
-            *n -= 1;
-            if *n == 0 {
-                open.remove(&self.layer);
+        for l in &self.layers {
+            if let Some(n) = open.get_mut(l) {
+                *n -= 1;
+                if *n == 0 {
+                    open.remove(l);
+                }
             }
         }
     }
@@ -502,6 +515,8 @@ impl Repository {
                 )),
                 structure: Mutex::new(()),
                 views: Arc::new(Views::default()),
+                relaid: Default::default(),
+                stale_bases: Default::default(),
                 listeners: Mutex::new(Vec::new()),
                 notices: reconciled.notices,
             }),
@@ -865,6 +880,14 @@ impl Repository {
         Some(snapshot_info(&state.cat, d, s, r))
     }
 
+    /// Whether the image of `layer` reads through a layer no snapshot names
+    /// (or is one): once it is closed, tidy may give space back.
+    pub fn reads_hidden(&self, layer: LayerId) -> bool {
+        let state = self.inner.catalog.lock();
+        let named = state.cat.named_layers();
+        state.cat.chain(layer).iter().any(|l| !named.contains(l))
+    }
+
     /// A disk's snapshots in the order they were taken. A deleted disk's
     /// remaining snapshots are listed by its name too.
     pub fn snapshots(&self, disk: &DiskName) -> Result<Vec<SnapshotInfo>> {
@@ -884,20 +907,66 @@ impl Repository {
     /// kept in a bounded cache; its layer stays as it is while it is open,
     /// even if the snapshot is deleted meanwhile.
     pub fn open_snapshot(&self, r: &SnapshotRef) -> Result<Snapshot> {
+        use std::sync::atomic::Ordering::SeqCst;
         let info = self.snapshot_info(r)?;
-        let guard = self.inner.views.open(info.layer);
         let geo = Geometry {
             size: info.size,
             block_size: info.block_size,
         };
-        let map = self.frozen_map(info.layer)?;
-        Ok(Snapshot::new(
-            info,
-            geo,
-            map,
-            self.inner.files.clone(),
-            guard,
-        ))
+        // The chain is pinned before its map is taken. A map built before
+        // a snapshot was made full may read copies that tidy then frees:
+        // if that happened meanwhile, the pin may have come too late, and
+        // both are taken again (maps built before it are forgotten first).
+        loop {
+            let relaid = self.inner.relaid.load(SeqCst);
+            let chain = self.inner.catalog.lock().cat.chain(info.layer);
+            let guard = self.inner.views.open(chain);
+            let map = self.frozen_map(info.layer)?;
+            if self.inner.relaid.load(SeqCst) == relaid {
+                return Ok(Snapshot::new(
+                    info,
+                    geo,
+                    map,
+                    self.inner.files.clone(),
+                    guard,
+                ));
+            }
+        }
+    }
+
+    /// After a layer was made full: owner maps built before may read copies
+    /// that tidy may now free. Forgets the cached ones, tells opening
+    /// images to look again, and gives every open disk a new map of the
+    /// chain under its live layer. The caller holds `structure`. Until it
+    /// succeeds, tidy calls it again first, and frees nothing if it fails.
+    pub(crate) fn relay(&self) -> Result<()> {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.inner.stale_bases.store(true, SeqCst);
+        self.forget_maps();
+        self.inner.relaid.fetch_add(1, SeqCst);
+        // A disk being opened holds `disks` throughout: it is in the list.
+        let disks: Vec<Arc<Disk>> = self.inner.disks.lock().values().cloned().collect();
+        for disk in disks {
+            let parent = {
+                let cat = self.catalog();
+                cat.layers.get(&disk.live_id()).and_then(|l| l.parent)
+            };
+            let base = match parent {
+                Some(p) => OwnerMap::clone(&self.frozen_map(p)?.map),
+                None => OwnerMap::new(),
+            };
+            // The same image, its blocks read from where they are now.
+            disk.set_base(base);
+        }
+        self.inner.stale_bases.store(false, SeqCst);
+        Ok(())
+    }
+
+    /// Whether [`Repository::relay`] has yet to succeed.
+    pub(crate) fn bases_stale(&self) -> bool {
+        self.inner
+            .stale_bases
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Any image by reference: `DISK` (live) or `DISK@SNAP`.

@@ -1,6 +1,8 @@
 //! A seeded storage workload and its oracle, shared by the power-loss and
 //! fault-injection tests: the operations (writes of any size, zero writes,
-//! discards, flushes, snapshots, disk creation and import, reopens), a
+//! discards, flushes, snapshots, disk creation and import, reopens, and the
+//! lifecycle: snapshot deletes, rollbacks, disks made from snapshots, full
+//! copies, disk deletes and gc), a
 //! runner that records where in the simulator's history each one ran and
 //! whether it succeeded, and a check of a repository against what was
 //! acknowledged.
@@ -64,6 +66,26 @@ pub enum Op {
         disk: String,
         name: String,
     },
+    /// Deletes these snapshots (disk, name) in one call.
+    Delete {
+        snaps: Vec<(String, String)>,
+    },
+    Rollback {
+        disk: String,
+        snap: String,
+    },
+    /// A new disk made from a snapshot.
+    Clone {
+        disk: String,
+        from: (String, String),
+    },
+    MakeFull {
+        snap: (String, String),
+    },
+    DeleteDisk {
+        disk: String,
+    },
+    Gc,
     Reopen,
 }
 
@@ -75,8 +97,11 @@ impl Op {
             | Op::Write { disk, .. }
             | Op::Discard { disk, .. }
             | Op::Flush { disk }
-            | Op::Snapshot { disk, .. } => Some(disk),
-            Op::Reopen => None,
+            | Op::Snapshot { disk, .. }
+            | Op::Rollback { disk, .. }
+            | Op::Clone { disk, .. }
+            | Op::DeleteDisk { disk } => Some(disk),
+            Op::Delete { .. } | Op::MakeFull { .. } | Op::Gc | Op::Reopen => None,
         }
     }
 }
@@ -230,11 +255,19 @@ pub struct Run {
     pub disks: BTreeMap<String, (usize, ModelDisk)>,
     /// Snapshot → (op index, image).
     pub snaps: BTreeMap<(String, String), (usize, Vec<u8>)>,
+    /// Snapshot or disk → the op that deleted it (whether or not it
+    /// succeeded).
+    pub deleted_snaps: BTreeMap<(String, String), usize>,
+    pub deleted_disks: BTreeMap<String, usize>,
 }
 
 pub fn workload(seed: u64, ops: usize) -> Vec<Op> {
     let mut rng = Rng(seed);
     let mut disks: Vec<(String, u64, u32)> = vec![];
+    let mut snaps: Vec<(String, String)> = vec![];
+    // Every disk ever made, deleted or not: a snapshot's size and block size.
+    let mut geometry: BTreeMap<String, (u64, u32)> = BTreeMap::new();
+    geometry.insert("a".into(), (192 << 10, 4096));
     let mut out = vec![Op::Create {
         disk: "a".into(),
         size: 192 << 10,
@@ -253,6 +286,7 @@ pub fn workload(seed: u64, ops: usize) -> Vec<Op> {
                     size,
                     bs,
                 });
+                geometry.insert(name.clone(), (size, bs));
                 disks.push((name, size, bs));
             } else {
                 let size = (1 + rng.below(3)) * (32 << 10) + 512;
@@ -270,12 +304,54 @@ pub fn workload(seed: u64, ops: usize) -> Vec<Op> {
                     image,
                     bs: 4096,
                 });
+                geometry.insert(name.clone(), (size, 4096));
                 disks.push((name, size, 4096));
             }
             continue;
         }
         let (disk, size, bs) = disks[rng.below(disks.len() as u64) as usize].clone();
         let bs = bs as u64;
+        // The lifecycle, when there is something to act on.
+        if (93..=97).contains(&pick) && !snaps.is_empty() {
+            let one = |rng: &mut Rng| snaps[rng.below(snaps.len() as u64) as usize].clone();
+            let op = match rng.below(10) {
+                0..=2 => {
+                    let mut gone = vec![one(&mut rng)];
+                    if rng.below(3) == 0 {
+                        gone.push(one(&mut rng));
+                    }
+                    gone.sort();
+                    gone.dedup();
+                    snaps.retain(|s| !gone.contains(s));
+                    Op::Delete { snaps: gone }
+                }
+                3 | 4 => {
+                    let (d, s) = one(&mut rng);
+                    match disks.iter().find(|x| x.0 == d) {
+                        Some(_) => Op::Rollback { disk: d, snap: s },
+                        None => Op::Gc,
+                    }
+                }
+                5 if disks.len() < 4 => {
+                    let from = one(&mut rng);
+                    let (size, bs) = geometry[&from.0];
+                    let name = format!("c{i}");
+                    geometry.insert(name.clone(), (size, bs));
+                    disks.push((name.clone(), size, bs));
+                    Op::Clone { disk: name, from }
+                }
+                6 => Op::MakeFull {
+                    snap: one(&mut rng),
+                },
+                7 if disks.len() > 1 => {
+                    disks.retain(|x| x.0 != disk);
+                    Op::DeleteDisk { disk }
+                }
+                _ => Op::Gc,
+            };
+            out.push(op);
+            continue;
+        }
         out.push(match pick {
             0..=49 => {
                 let offset = if rng.below(3) == 0 {
@@ -300,11 +376,14 @@ pub fn workload(seed: u64, ops: usize) -> Vec<Op> {
                 let len = (1 + rng.below(4 * bs)).min(size - offset);
                 Op::Discard { disk, offset, len }
             }
-            62..=85 => Op::Flush { disk },
-            86..=96 => Op::Snapshot {
-                disk,
-                name: format!("s{i}"),
-            },
+            62..=83 => Op::Flush { disk },
+            84..=97 => {
+                snaps.push((disk.clone(), format!("s{i}")));
+                Op::Snapshot {
+                    disk,
+                    name: format!("s{i}"),
+                }
+            }
             _ => Op::Reopen,
         });
     }
@@ -313,6 +392,13 @@ pub fn workload(seed: u64, ops: usize) -> Vec<Op> {
 
 pub fn name(s: &str) -> DiskName {
     DiskName::parse(s).unwrap()
+}
+
+pub fn snap_ref(disk: &str, snap: &str) -> SnapshotRef {
+    SnapshotRef {
+        disk: name(disk),
+        snap: SnapName::parse(snap).unwrap(),
+    }
 }
 
 /// Whether an error is an I/O failure of the disk itself (which must latch
@@ -346,6 +432,8 @@ pub fn run_on(
         ran: vec![],
         disks: BTreeMap::new(),
         snaps: BTreeMap::new(),
+        deleted_snaps: BTreeMap::new(),
+        deleted_disks: BTreeMap::new(),
     };
     // Disks with an I/O error since the last reopen (the latch), and with
     // any failed op (their exact contents are uncertain until a reopen).
@@ -443,6 +531,55 @@ pub fn run_on(
                 }
                 res
             }
+            Op::Delete { snaps } => {
+                let refs: Vec<SnapshotRef> = snaps.iter().map(|(d, s)| snap_ref(d, s)).collect();
+                for s in snaps {
+                    out.deleted_snaps.insert(s.clone(), i);
+                }
+                r.delete_snapshots(&refs).map(|_| ())
+            }
+            Op::Rollback { disk, snap } => {
+                let res = r.rollback(&snap_ref(disk, snap), false).map(|_| ());
+                let image = out
+                    .snaps
+                    .get(&(disk.clone(), snap.clone()))
+                    .map(|s| s.1.clone());
+                // Refused (no such snapshot, after a failed snapshot): no
+                // new versions. An I/O failure may have rolled it back.
+                let may_have = res.as_ref().map_or_else(is_io, |_| true);
+                if let (Some((_, m)), Some(image), true) =
+                    (out.disks.get_mut(disk), image, may_have)
+                {
+                    m.set(i, 0, &image, res.is_ok());
+                    if res.is_ok() {
+                        m.acks.push(i);
+                    }
+                }
+                res
+            }
+            Op::Clone { disk, from } => {
+                let res = r
+                    .create_disk_from(&name(disk), &snap_ref(&from.0, &from.1))
+                    .map(|_| ());
+                // A source that was never taken (its snapshot failed) makes
+                // no disk; the model needs an image of the right size anyway.
+                if let Some((_, image)) = out.snaps.get(from) {
+                    let mut m = ModelDisk::new(image.clone(), i);
+                    if res.is_ok() {
+                        m.acks.push(i);
+                    }
+                    out.disks.insert(disk.clone(), (i, m));
+                }
+                res
+            }
+            Op::MakeFull { snap } => r
+                .make_full(&snap_ref(&snap.0, &snap.1), &mut |_, _| {})
+                .map(|_| ()),
+            Op::DeleteDisk { disk } => {
+                out.deleted_disks.insert(disk.clone(), i);
+                r.delete_disk(&name(disk), false).map(|_| ())
+            }
+            Op::Gc => r.gc().map(|_| ()),
             Op::Reopen => {
                 // Close as a careful caller does: flush, and hear if that
                 // failed (dropping the repository flushes too, but can only
@@ -523,8 +660,31 @@ fn read_all(img: &dyn ImageRead) -> Vec<u8> {
 }
 
 /// Checks the repository in `state`, cut at history position `at`, against
-/// what the run acknowledged by then.
+/// what the run acknowledged by then. With `WORKLOAD_DEBUG` set, a failure
+/// prints every op of the run: where it ran in the history, and whether it
+/// succeeded.
 pub fn check(run: &Run, state: SimStorage, at: usize, what: &str) {
+    let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        check_state(run, state, at, what)
+    }));
+    if let Err(panic) = checked {
+        if std::env::var_os("WORKLOAD_DEBUG").is_some() {
+            for (i, r) in run.ran.iter().enumerate() {
+                let s = format!("{:?}", r.op);
+                eprintln!(
+                    "op {i} ok={} [{}..{}] {}",
+                    r.ok,
+                    r.start,
+                    r.end,
+                    &s[..s.len().min(100)]
+                );
+            }
+        }
+        std::panic::resume_unwind(panic);
+    }
+}
+
+fn check_state(run: &Run, state: SimStorage, at: usize, what: &str) {
     let repo = Repository::open_in(Arc::new(state), Path::new(ROOT))
         .unwrap_or_else(|e| panic!("{what}: open failed: {e}"));
     // Ops that had returned (successfully), and those that had started.
@@ -532,26 +692,40 @@ pub fn check(run: &Run, state: SimStorage, at: usize, what: &str) {
     let started = |i: usize| run.ran[i].start < at;
     let last_started = (0..run.ran.len()).rev().find(|&i| started(i));
 
-    for ((disk, snap), (i, image)) in &run.snaps {
-        let r = SnapshotRef {
-            disk: name(disk),
-            snap: SnapName::parse(snap).unwrap(),
-        };
+    for (key, (i, image)) in &run.snaps {
+        let r = snap_ref(&key.0, &key.1);
+        let deleted = run.deleted_snaps.get(key).copied();
         match repo.open_snapshot(&r) {
             Ok(img) => {
                 assert!(started(*i), "{what}: {r} exists, but was never asked for");
+                if let Some(d) = deleted {
+                    assert!(
+                        !done(d),
+                        "{what}: {r} was deleted (op {d}), yet it is there"
+                    );
+                }
                 assert!(
                     read_all(&img) == *image,
                     "{what}: {r} reads back different bytes"
                 );
             }
-            Err(e) => assert!(!done(*i), "{what}: committed snapshot {r} is gone: {e}"),
+            Err(e) => assert!(
+                !done(*i) || deleted.is_some_and(started),
+                "{what}: committed snapshot {r} is gone: {e}"
+            ),
         }
     }
     let listed: Vec<String> = repo.disks().unwrap().into_iter().map(|d| d.name).collect();
     for (disk, (created, m)) in &run.disks {
         let exists = listed.contains(disk);
-        if done(*created) {
+        let deleted = run.deleted_disks.get(disk).copied();
+        if let Some(d) = deleted {
+            assert!(
+                !(exists && done(d)),
+                "{what}: disk {disk} was deleted (op {d}), yet it is there"
+            );
+        }
+        if done(*created) && !deleted.is_some_and(started) {
             assert!(exists, "{what}: disk {disk} is gone");
         }
         if !started(*created) {
@@ -566,20 +740,6 @@ pub fn check(run: &Run, state: SimStorage, at: usize, what: &str) {
         let got = read_all(repo.disk(&name(disk)).unwrap().as_ref());
         let durable = m.durable(*created, done);
         let newest = last_started.unwrap_or(0);
-        if std::env::var_os("WORKLOAD_DEBUG").is_some() {
-            for (i, r) in run.ran.iter().enumerate() {
-                if r.op.disk().is_none_or(|d| d == disk) {
-                    let s = format!("{:?}", r.op);
-                    eprintln!(
-                        "op {i} ok={} [{}..{}] {}",
-                        r.ok,
-                        r.start,
-                        r.end,
-                        &s[..s.len().min(100)]
-                    );
-                }
-            }
-        }
         m.check(&got, durable, newest, &format!("{what}: disk {disk}"));
     }
 }

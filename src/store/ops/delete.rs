@@ -11,7 +11,7 @@ use crate::store::names::{DiskName, SnapshotRef};
 use crate::store::{Event, Repository};
 
 /// What a delete did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DeleteReport {
     /// Snapshots (or disks) deleted.
     pub deleted: u64,
@@ -20,6 +20,9 @@ pub struct DeleteReport {
     /// Layers of deleted snapshots still open (being read); their space is
     /// given back once they are closed (`strata gc`).
     pub waiting: u64,
+    /// The delete is done, but giving space back stopped short, and why
+    /// (`strata gc` finishes it).
+    pub unfinished: Option<String>,
 }
 
 impl Repository {
@@ -61,11 +64,12 @@ impl Repository {
                 layer: *layer,
             });
         }
-        let t = self.with_reserve(|| self.tidy())?;
+        let t = self.tidy_after();
         Ok(DeleteReport {
             deleted: gone.len() as u64,
             freed_bytes: t.freed_bytes,
             waiting: t.waiting,
+            unfinished: t.unfinished,
         })
     }
 
@@ -124,11 +128,12 @@ impl Repository {
             Ok(())
         })?;
         self.emit(Event::DiskGone { disk: name.clone() });
-        let t = self.with_reserve(|| self.tidy())?;
+        let t = self.tidy_after();
         Ok(DeleteReport {
             deleted: 1,
             freed_bytes: t.freed_bytes + freed_live,
             waiting: t.waiting,
+            unfinished: t.unfinished,
         })
     }
 }

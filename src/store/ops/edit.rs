@@ -119,7 +119,7 @@ impl Repository {
             id: disk.id(),
         });
         drop(_s);
-        self.with_reserve(|| self.tidy())?;
+        self.tidy_after();
         self.disk_info(&r.disk)
     }
 
@@ -140,6 +140,9 @@ impl Repository {
         }
         disk.check_latch()?;
         let _snaps = disk.lock_snapshots();
+        // Durable before the new size is: see `own_partial_tail`.
+        disk.own_partial_tail()?;
+        disk.flush()?;
         let _s = self.inner.structure.lock();
         let mut lock = disk.lock_freeze();
         let live = disk.live_id();

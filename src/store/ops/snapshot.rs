@@ -198,7 +198,7 @@ impl Repository {
             self.add_checksums(p.old, p.geo, index);
         }
         // A deleted snapshot's layer under the new one collapses into it.
-        self.with_reserve(|| self.tidy())?;
+        self.tidy_after();
         let mut infos = Vec::new();
         for p in &parts {
             let r = SnapshotRef {
@@ -451,11 +451,13 @@ impl Repository {
             Ok(())
         })
         .map_err(|e| e.into_inner())?;
-        self.forget_maps();
+        // Maps built before read the copies below, which tidy may now free.
+        let relaid = self.relay();
         self.emit(Event::SnapshotChanged { layer: id });
+        relaid?;
         drop(_s);
         self.add_checksums(id, geo, idx);
-        self.with_reserve(|| self.tidy())?;
+        self.tidy_after();
         self.snapshot_info(r)
     }
 }

@@ -28,7 +28,7 @@ use crate::store::names::LayerId;
 use crate::store::{Event, Repository};
 
 /// What a tidy did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct TidyOutcome {
     /// Bytes given back to the host file system.
     pub freed_bytes: u64,
@@ -36,6 +36,8 @@ pub struct TidyOutcome {
     pub layers_removed: u64,
     /// Hidden layers left as they are because an image of them is open.
     pub waiting: u64,
+    /// Why it stopped short, when it did after a committed change.
+    pub unfinished: Option<String>,
 }
 
 impl TidyOutcome {
@@ -44,6 +46,25 @@ impl TidyOutcome {
         self.layers_removed += o.layers_removed;
         self.waiting = o.waiting;
     }
+}
+
+/// `garbage` (blocks by data file) without the blocks `indexes` name in
+/// the same file: what another layer's index names is never punched.
+fn spare(
+    garbage: Vec<(LayerId, ExtentSet)>,
+    indexes: &[&FrozenIndex],
+) -> Vec<(LayerId, ExtentSet)> {
+    garbage
+        .into_iter()
+        .map(|(file, mut blocks)| {
+            for idx in indexes {
+                for p in idx.pieces.iter().filter(|p| p.file == file) {
+                    blocks = blocks.difference(&p.data);
+                }
+            }
+            (file, blocks)
+        })
+        .collect()
 }
 
 pub(crate) fn geometry(cat: &Catalog, id: LayerId) -> Geometry {
@@ -70,7 +91,26 @@ impl Repository {
         self.tidy_locked()
     }
 
+    /// Tidies after a change that has committed: a failure here (no space
+    /// even for the reserve, an I/O error) does not undo or fail the change;
+    /// it is logged and said in `unfinished`, and `strata gc` finishes later.
+    pub(crate) fn tidy_after(&self) -> TidyOutcome {
+        match self.with_reserve(|| self.tidy()) {
+            Ok(t) => t,
+            Err(e) => {
+                log::warn!("giving back space: {e}; `strata gc` tries again");
+                TidyOutcome {
+                    unfinished: Some(e.to_string()),
+                    ..TidyOutcome::default()
+                }
+            }
+        }
+    }
+
     pub(crate) fn tidy_locked(&self) -> Result<TidyOutcome> {
+        if self.bases_stale() {
+            self.relay()?;
+        }
         let mut out = TidyOutcome::default();
         // Each pass acts on what the last one changed; the tree shrinks
         // every time something is done, so this ends.
@@ -150,7 +190,7 @@ impl Repository {
             }
             let mut covered: Option<ExtentSet> = None;
             for k in kids(h) {
-                let present = self.present_of(&cat, k)?;
+                let present = self.present_with(&cat, k, true)?;
                 covered = Some(match covered {
                     None => present,
                     Some(c) => c.intersection(&present),
@@ -160,6 +200,15 @@ impl Repository {
             let geo = geometry(&cat, h);
             let idx = layer::read_index(&self.inner.files, h, geo)?;
             let (trimmed, garbage) = idx.without(&covered);
+            // Blocks of its files a child's index names (after a collapse
+            // cut short) are that child's now.
+            let mut named = Vec::new();
+            for k in kids(h) {
+                if cat.layers.get(&k).is_some_and(|l| l.frozen.is_some()) {
+                    named.push(layer::read_index(&self.inner.files, k, geometry(&cat, k))?);
+                }
+            }
+            let garbage = spare(garbage, &named.iter().collect::<Vec<_>>());
             if trimmed.present().is_empty() {
                 // Every child holds all it holds: no image reads it.
                 let freed = self.allocated(&cat, &[h]);
@@ -208,9 +257,11 @@ impl Repository {
         let mut freed = 0;
         for &h in run {
             let hidx = layer::read_index(&self.inner.files, h, geometry(cat, h))?;
-            // What the layers above already hold, nothing reads here.
+            // What the layers above already hold, nothing reads here; but a
+            // collapse a crash or an error cut short may have left `top`'s
+            // index naming blocks of `h`'s files already: those stay.
             let (rest, garbage) = hidx.without(&idx.present());
-            freed += self.punch(cat, &garbage)?;
+            freed += self.punch(cat, &spare(garbage, &[&idx]))?;
             idx.absorb(&rest);
         }
         layer::replace_index(&self.inner.files, top, geo, &idx)?;
@@ -270,6 +321,13 @@ impl Repository {
     /// Every block layer `id` holds: from its index, or, for a live layer,
     /// from memory (which only grows until the layer is frozen or dropped).
     pub(crate) fn present_of(&self, cat: &Catalog, id: LayerId) -> Result<ExtentSet> {
+        self.present_with(cat, id, false)
+    }
+
+    /// As [`Repository::present_of`]; with `durable`, a live layer is
+    /// flushed first and only what it holds durably counts: a block
+    /// written but not yet flushed is still read from below after a crash.
+    fn present_with(&self, cat: &Catalog, id: LayerId, durable: bool) -> Result<ExtentSet> {
         let rec = cat
             .layers
             .get(&id)
@@ -283,7 +341,12 @@ impl Repository {
             .find(|(_, d)| d.live == id)
             .map(|(n, _)| n.clone())
             .ok_or_else(|| StoreError::invalid("layer", format!("live layer {id} has no disk")))?;
-        Ok(self.disk(&disk)?.live_present())
+        let disk = self.disk(&disk)?;
+        if durable {
+            disk.flush_present()
+        } else {
+            Ok(disk.live_present())
+        }
     }
 
     /// Punches `garbage` (blocks by data file) and syncs; returns the bytes

@@ -56,6 +56,9 @@ pub struct UsageReport {
     /// (layers where disks made from snapshots branch off, or under a live
     /// disk until its next snapshot).
     pub shared_bytes: u64,
+    /// Layers in the tree: one per snapshot and per live disk, and those of
+    /// deleted snapshots that other images still read through.
+    pub layers: u64,
 }
 
 /// One snapshot on one day.
@@ -110,6 +113,7 @@ impl Repository {
             provisioned_bytes: 0,
             used_bytes: 0,
             shared_bytes: 0,
+            layers: cat.layers.len() as u64,
         };
         for &id in cat.layers.keys() {
             let bytes = self.allocated(&cat, &[id]);

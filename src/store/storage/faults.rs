@@ -74,6 +74,14 @@ fn check(plan: &Mutex<Plan>, op: Op) -> io::Result<()> {
     let hit = p.nth != 0 && (p.seen == p.nth || (p.persistent && p.seen > p.nth));
     if hit {
         p.fired += 1;
+        // For whoever looks into a test failure: where the fault landed.
+        if std::env::var_os("FAULTS_DEBUG").is_some() {
+            eprintln!(
+                "fault {} on {op:?} at\n{}",
+                p.seen,
+                std::backtrace::Backtrace::force_capture()
+            );
+        }
         return Err(io::Error::from_raw_os_error(p.errno));
     }
     Ok(())
