@@ -211,6 +211,7 @@ pub fn run(repo: &Path, cmd: DiskCommand) -> CmdResult {
                 a.name,
                 format_size(report.freed_bytes)
             );
+            output::unfinished(&report.unfinished);
         }
         DiskCommand::Rollback(a) => {
             let req = Request::DiskRollback {

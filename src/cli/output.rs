@@ -87,3 +87,14 @@ impl Progress {
         }
     }
 }
+
+/// Says on stderr that a change is done but giving space back stopped
+/// short (`strata gc` finishes it).
+pub fn unfinished(why: &Option<String>) {
+    if let Some(why) = why {
+        eprintln!(
+            "strata: warning: done, but not all space could be given back yet ({why}); \
+             `strata gc` finishes it"
+        );
+    }
+}

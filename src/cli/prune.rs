@@ -98,5 +98,6 @@ pub fn run(repo: &Path, a: PruneArgs) -> CmdResult {
         report.keep.len(),
         format_size(report.freed_bytes)
     );
+    output::unfinished(&report.unfinished);
     Ok(())
 }

@@ -181,6 +181,7 @@ pub fn run(repo: &Path, cmd: SnapshotCommand) -> CmdResult {
                     ""
                 }
             );
+            output::unfinished(&report.unfinished);
         }
         SnapshotCommand::Full(a) => {
             let mut progress = Progress::new("copying");

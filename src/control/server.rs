@@ -18,6 +18,10 @@ pub struct ServerHooks {
     /// Flush and unmount; the answer is sent once it is done. `Ok` carries
     /// the flush's failure, if it failed (the unmount goes on regardless).
     pub unmount: Box<dyn Fn() -> Result<Option<String>, String> + Send + Sync>,
+    /// Called after each request, before it is answered: returns once the
+    /// mount shows what the request changed (the kernel's caches of it are
+    /// invalidated), so a command's effect is visible when it returns.
+    pub settle: Box<dyn Fn() + Send + Sync>,
 }
 
 /// Binds `REPO/control.sock` (mode 0600) and serves it on a thread. The
@@ -77,7 +81,11 @@ fn handle(conn: UnixStream, repo: &Repository, hooks: &ServerHooks) {
                     usage: false,
                 },
             },
-            (req, Ok(files)) => execute(repo, req, files, &mut |_, _| {}),
+            (req, Ok(files)) => {
+                let resp = execute(repo, req, files, &mut |_, _| {});
+                (hooks.settle)();
+                resp
+            }
         };
         if send(&conn, resp, &[]).is_err() {
             return;

@@ -58,6 +58,7 @@ pub fn run(
     let repo = Arc::new(Repository::open(repo)?);
     let fs = StrataFs::new(repo.clone(), opts.read_only);
     let keeper = fs.keeper();
+    let settle = keeper.settler();
     let config = session_config(&repo.path().display().to_string(), opts);
     let mp = mountpoint.to_owned();
     let mount_err = |source| DaemonError::Mount {
@@ -100,6 +101,7 @@ pub fn run(
         repo.clone(),
         ServerHooks {
             unmount: Box::new(unmount.clone()),
+            settle: Box::new(settle),
         },
     )
     .map_err(DaemonError::Control)?;

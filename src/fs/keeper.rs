@@ -10,6 +10,7 @@
 //! by a request the workers are serving; the thread that made the change
 //! (and may hold the store's locks) never waits for that.
 
+use std::collections::VecDeque;
 use std::ffi::OsStr;
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Weak};
@@ -24,9 +25,17 @@ use crate::store::{Event, Repository};
 enum Job {
     Invalidate(Event),
     Tidy,
+    /// Answered once every job sent before it is done.
+    Settle(Sender<()>),
 }
 
-/// Where the file system asks for a tidy; a no-op until the keeper runs.
+/// How long a command waits for the mount to show its change before it
+/// answers anyway (the kernel may be slow to take an invalidation while it
+/// waits on a busy directory).
+const SETTLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Where the file system asks for a tidy (and the control server for a
+/// settle); a no-op until the keeper runs.
 #[derive(Clone, Default)]
 pub(crate) struct TidyHandle(Arc<Mutex<Option<Sender<Job>>>>);
 
@@ -48,6 +57,21 @@ pub struct Keeper {
 impl Keeper {
     pub(crate) fn new(repo: Arc<Repository>, inodes: Arc<Inodes>, tidy: TidyHandle) -> Keeper {
         Keeper { repo, inodes, tidy }
+    }
+
+    /// What the control server calls before answering a request: waits
+    /// until the keeper has handled every change made so far.
+    pub fn settler(&self) -> impl Fn() + Send + Sync + 'static {
+        let jobs = self.tidy.clone();
+        move || {
+            let Some(tx) = jobs.0.lock().clone() else {
+                return;
+            };
+            let (done, wait) = channel();
+            if tx.send(Job::Settle(done)).is_ok() {
+                let _ = wait.recv_timeout(SETTLE_TIMEOUT);
+            }
+        }
     }
 
     /// Starts the keeper's thread; it stops when the repository is dropped.
@@ -74,22 +98,31 @@ impl Keeper {
 }
 
 fn run(rx: Receiver<Job>, repo: Weak<Repository>, inodes: &Inodes, n: &Notifier) {
-    while let Ok(job) = rx.recv() {
+    let mut queue: VecDeque<Job> = VecDeque::new();
+    loop {
+        let job = match queue.pop_front() {
+            Some(job) => job,
+            None => match rx.recv() {
+                Ok(job) => job,
+                Err(_) => return,
+            },
+        };
         let Some(repo) = repo.upgrade() else { return };
         match job {
             Job::Invalidate(e) => invalidate(&repo, inodes, n, &e),
+            Job::Settle(done) => {
+                let _ = done.send(());
+            }
             Job::Tidy => {
-                // Several handles closing at once need one gc.
-                while let Ok(Job::Tidy) = rx.try_recv() {}
+                // Several handles closing at once need one gc; the other
+                // jobs waiting keep their order, after it.
+                queue.extend(rx.try_iter().filter(|j| !matches!(j, Job::Tidy)));
                 match repo.gc() {
                     Ok(r) if r.freed_bytes > 0 => {
-                        log::info!(
-                            "gave back {} bytes of closed deleted snapshots",
-                            r.freed_bytes
-                        )
+                        log::info!("gave back {} bytes of closed images", r.freed_bytes)
                     }
                     Ok(_) => {}
-                    Err(e) => log::warn!("giving back closed deleted snapshots: {e}"),
+                    Err(e) => log::warn!("giving back the space of closed images: {e}"),
                 }
             }
         }

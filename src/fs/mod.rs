@@ -144,13 +144,29 @@ impl StrataFs {
         Ok(snaps.first().map_or(self.mounted, |s| from_ns(s.taken)))
     }
 
-    /// `open`: the handle the kernel asks through, if any (an open image
-    /// whose name went away still answers for itself).
+    /// An open handle on the image `node`, if there is one: the kernel
+    /// asks `fstat` of an open file without saying which handle.
+    fn open_of(&self, node: &Node) -> Option<Arc<Open>> {
+        let handles = self.handles.read();
+        handles
+            .values()
+            .find(|o| match (o.as_ref(), node) {
+                (Open::Live { disk, .. }, Node::Live(id)) => disk.id() == *id,
+                (Open::Snapshot(s) | Open::Passthrough { snap: s, .. }, Node::SnapImg(l)) => {
+                    s.info().layer == *l
+                }
+                _ => false,
+            })
+            .cloned()
+    }
+
+    /// `open`: the handle the kernel asks through, if any (an image whose
+    /// name went away while open still answers for itself).
     fn attr(
         &self,
         ino: u64,
         node: &Node,
-        open: Option<&Open>,
+        open: Option<&Arc<Open>>,
     ) -> Result<(FileAttr, Duration), Errno> {
         let base = |kind, perm, size, blocks, time, ttl| {
             (
@@ -179,14 +195,20 @@ impl StrataFs {
             Node::Root => dir(self.mounted),
             Node::DiskDir(d) | Node::SnapDir(d) => dir(self.dir_time(d)?),
             Node::Live(id) => {
-                let info = match (self.repo.disk_name_of(*id), open) {
-                    (Some(name), _) => self.repo.disk_info(&name).map_err(|e| errno(&e))?,
-                    (None, Some(Open::Live { disk, .. })) => crate::store::DiskInfo {
-                        size: disk.size(),
-                        live_bytes: disk.live_stored_bytes().map_err(|e| errno(&e))?,
-                        ..Default::default()
-                    },
-                    (None, _) => return Err(Errno::ENOENT),
+                let info = match self.repo.disk_name_of(*id) {
+                    Some(name) => self.repo.disk_info(&name).map_err(|e| errno(&e))?,
+                    // Deleted (forced) while open: it answers for itself.
+                    None => {
+                        let open = open.cloned().or_else(|| self.open_of(node));
+                        let Some(Open::Live { disk, .. }) = open.as_deref() else {
+                            return Err(Errno::ENOENT);
+                        };
+                        crate::store::DiskInfo {
+                            size: disk.size(),
+                            live_bytes: disk.live_stored_bytes().map_err(|e| errno(&e))?,
+                            ..Default::default()
+                        }
+                    }
                 };
                 let time = self
                     .written
@@ -205,12 +227,18 @@ impl StrataFs {
                 )
             }
             Node::SnapImg(layer) => {
-                let info = match (self.repo.snapshot_info_by_layer(*layer), open) {
-                    (Some(info), _) => info,
-                    (None, Some(Open::Snapshot(s) | Open::Passthrough { snap: s, .. })) => {
+                let info = match self.repo.snapshot_info_by_layer(*layer) {
+                    Some(info) => info,
+                    // Deleted while open: it answers for itself.
+                    None => {
+                        let open = open.cloned().or_else(|| self.open_of(node));
+                        let Some(Open::Snapshot(s) | Open::Passthrough { snap: s, .. }) =
+                            open.as_deref()
+                        else {
+                            return Err(Errno::ENOENT);
+                        };
                         s.info().clone()
                     }
-                    (None, _) => return Err(Errno::ENOENT),
                 };
                 let blocks = info.stored_bytes.div_ceil(512);
                 base(
@@ -438,7 +466,7 @@ impl Filesystem for StrataFs {
         let open = fh.and_then(|fh| self.handle(fh).ok());
         match self
             .node(ino)
-            .and_then(|n| self.attr(ino.0, &n, open.as_deref()))
+            .and_then(|n| self.attr(ino.0, &n, open.as_ref()))
         {
             Ok((attr, ttl)) => reply.attr(&ttl, &attr),
             Err(e) => reply.error(e),
@@ -465,7 +493,7 @@ impl Filesystem for StrataFs {
     ) {
         let open = fh.and_then(|fh| self.handle(fh).ok());
         let result = self.node(ino).and_then(|node| {
-            let (attr, ttl) = self.attr(ino.0, &node, open.as_deref())?;
+            let (attr, ttl) = self.attr(ino.0, &node, open.as_ref())?;
             let resize = size.is_some_and(|s| s != attr.size);
             let owner = mode.is_some() || uid.is_some() || gid.is_some();
             let times = atime.is_some() || mtime.is_some();

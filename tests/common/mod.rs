@@ -188,6 +188,12 @@ impl Mounted {
 
 impl Drop for Mounted {
     fn drop(&mut self) {
+        // A failing test shows what the daemon said.
+        if std::thread::panicking() {
+            if let Ok(log) = std::fs::read_to_string(self.repo.join("daemon.log")) {
+                eprintln!("--- daemon.log ---\n{log}--- end of daemon.log ---");
+            }
+        }
         if is_mounted(&self.mp) {
             let _ = Command::new(STRATA).arg("umount").arg(&self.mp).output();
         }

@@ -70,10 +70,13 @@ impl Repository {
                 return Err(StoreError::DiskExists(name.clone()));
             }
             if let Some(left) = cat.snapshots.get(name) {
+                let n = left.len();
                 return Err(StoreError::Refused(format!(
-                    "disk '{name}' was deleted, but its {} snapshots remain under its name; \
-                     delete them or choose another name",
-                    left.len()
+                    "disk '{name}' was deleted, but {n} snapshot{} of it remain{} under its \
+                     name; delete {} or choose another name",
+                    if n == 1 { "" } else { "s" },
+                    if n == 1 { "s" } else { "" },
+                    if n == 1 { "it" } else { "them" },
                 )));
             }
             Ok(())

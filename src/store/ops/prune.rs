@@ -36,6 +36,8 @@ pub struct PruneReport {
     /// Bytes given back (for a dry run: what would be, estimated).
     pub freed_bytes: u64,
     pub dry_run: bool,
+    /// See [`super::delete::DeleteReport::unfinished`].
+    pub unfinished: Option<String>,
 }
 
 /// Which period a time falls in, as a comparable key.
@@ -111,18 +113,20 @@ impl Repository {
                 refs.push(SnapshotRef::parse(&format!("{disk}@{}", s.name))?);
             }
         }
-        let freed_bytes = if dry_run {
-            self.estimate_freed(&gone)?
+        let (freed_bytes, unfinished) = if dry_run {
+            (self.estimate_freed(&gone)?, None)
         } else if refs.is_empty() {
-            0
+            (0, None)
         } else {
-            self.delete_snapshots(&refs)?.freed_bytes
+            let r = self.delete_snapshots(&refs)?;
+            (r.freed_bytes, r.unfinished)
         };
         Ok(PruneReport {
             keep: keep_names,
             delete,
             freed_bytes,
             dry_run,
+            unfinished,
         })
     }
 }
