@@ -19,7 +19,7 @@
 
 mod common;
 
-use common::{median, Rng};
+use common::{median, sh, Rng};
 use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
@@ -39,20 +39,6 @@ const STRATA: &str = env!("CARGO_BIN_EXE_strata");
 const GIB: u64 = 1 << 30;
 const SIZE: u64 = 4 * GIB;
 const BLOCK: u64 = 64 << 10;
-
-fn sh(cmd: &str) -> String {
-    let out = Command::new("bash")
-        .arg("-c")
-        .arg(cmd)
-        .output()
-        .expect("bash");
-    assert!(
-        out.status.success(),
-        "`{cmd}`: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 fn strata(repo: &Path, args: &[&str]) {
     let out = Command::new(STRATA)

@@ -20,24 +20,7 @@ const MIB: u64 = 1 << 20;
 
 /// `len` bytes that differ with `seed`.
 fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
-fn read_range(path: &Path, offset: u64, len: usize) -> Vec<u8> {
-    let mut buf = vec![0u8; len];
-    File::open(path)
-        .unwrap()
-        .read_exact_at(&mut buf, offset)
-        .unwrap();
-    buf
+    random(len, seed)
 }
 
 fn write_range(path: &Path, offset: u64, data: &[u8]) {
@@ -405,19 +388,8 @@ fn freeze_holds_the_file_system_still_for_the_snapshot_only() {
     ));
     // The snapshot holds a clean file system with the unsynced file in it.
     let img = m.snap("vm", "frozen");
-    let check = Command::new("e2fsck")
-        .arg("-fn")
-        .arg(&img)
-        .output()
-        .unwrap();
-    assert!(
-        check.status.success(),
-        "e2fsck -fn on a frozen snapshot: {}",
-        String::from_utf8_lossy(&check.stdout)
-    );
-    let mut snap_lo = Loop::attach(&img, true);
     let snapdir = m.path("snapfs");
-    snap_lo.mount(&snapdir, "ro,noload");
+    let snap_lo = clean_ext4(&img, &snapdir);
     assert_eq!(
         sh(&format!("md5sum < '{}/data.bin'", snapdir.display())),
         sum

@@ -6,12 +6,12 @@
 
 mod common;
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{fuse_available, sh, strata, strata_ok, Mounted};
+use common::{fuse_available, random, read_range, sh, strata, strata_ok, Mounted};
 
 /// A tmpfs of `mib` MiB mounted at a fresh directory, unmounted on drop.
 struct Tmpfs {
@@ -70,31 +70,10 @@ fn mounted_on(fs_: &Tmpfs, disks: &[&[&str]]) -> Mounted {
     m
 }
 
-fn random(bytes: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..bytes)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 fn pwrite_fsync(path: &Path, offset: u64, data: &[u8]) -> std::io::Result<()> {
     let f = OpenOptions::new().write(true).open(path)?;
     f.write_all_at(data, offset)?;
     f.sync_all()
-}
-
-fn read_at(path: &Path, offset: u64, len: usize) -> Vec<u8> {
-    let mut buf = vec![0u8; len];
-    File::open(path)
-        .unwrap()
-        .read_exact_at(&mut buf, offset)
-        .unwrap();
-    buf
 }
 
 /// Kills the daemon with SIGKILL, cleans up its mount, and mounts again.
@@ -144,15 +123,15 @@ fn enospc_latches_the_disk_and_a_remount_keeps_everything_fsynced() {
     }
     kill_and_remount(&mut m);
     assert!(
-        read_at(&live, 100 << 20, 4 << 20) == a,
+        read_range(&live, 100 << 20, 4 << 20) == a,
         "the fsync'ed write is gone"
     );
     let b = random(4 << 20, 3);
     pwrite_fsync(&live, 900 << 20, &b).unwrap();
     kill_and_remount(&mut m);
-    assert!(read_at(&live, 100 << 20, 4 << 20) == a);
+    assert!(read_range(&live, 100 << 20, 4 << 20) == a);
     assert!(
-        read_at(&live, 900 << 20, 4 << 20) == b,
+        read_range(&live, 900 << 20, 4 << 20) == b,
         "a later fsync'ed write is gone"
     );
     // The journal took no garbage: the repository opens without a word.
@@ -217,10 +196,10 @@ fn after_enospc_a_snapshot_reads_the_same_through_every_path() {
         exported.display()
     ));
     assert!(
-        read_at(&snap, 0, 2 << 20).iter().all(|&b| b == 0),
+        read_range(&snap, 0, 2 << 20).iter().all(|&b| b == 0),
         "the failed write shows"
     );
-    assert!(read_at(&snap, 10 << 20, 65536) == block);
+    assert!(read_range(&snap, 10 << 20, 65536) == block);
     // The live image through the daemon reads the same too.
     let live_out = m.path("live.img");
     strata_ok(&m.repo, &["export", "t1", live_out.to_str().unwrap()]);

@@ -1,5 +1,5 @@
 //! Shared by the benchmarks: a seeded generator for reproducible data and
-//! offsets, and the median of repeated runs.
+//! offsets, the median of repeated runs, and running shell commands.
 #![allow(dead_code)]
 
 /// xorshift64: fast, seeded, good enough to make data incompressible and
@@ -26,4 +26,19 @@ impl Rng {
 pub fn median<T: PartialOrd>(mut v: Vec<T>) -> T {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
     v.swap_remove(v.len() / 2)
+}
+
+/// Runs `cmd` in bash, which must succeed; returns its standard output.
+pub fn sh(cmd: &str) -> String {
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(cmd)
+        .output()
+        .expect("bash");
+    assert!(
+        out.status.success(),
+        "`{cmd}`: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }

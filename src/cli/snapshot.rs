@@ -159,7 +159,6 @@ pub fn run(repo: &Path, cmd: SnapshotCommand) -> CmdResult {
             output::table(&["NAME", "TAKEN", "STORED", "KIND"], &rows);
         }
         SnapshotCommand::Delete(a) => {
-            let n = a.snapshots.len();
             let req = Request::SnapshotDelete {
                 snapshots: a.snapshots,
             };
@@ -167,6 +166,7 @@ pub fn run(repo: &Path, cmd: SnapshotCommand) -> CmdResult {
                 Response::Deleted(r) => r,
                 r => return Err(unexpected(r)),
             };
+            let n = report.deleted;
             println!(
                 "deleted {} ({} given back{})",
                 if n == 1 {

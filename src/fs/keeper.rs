@@ -117,7 +117,8 @@ fn run(rx: Receiver<Job>, repo: Weak<Repository>, inodes: &Inodes, n: &Notifier)
                 // Several handles closing at once need one gc; the other
                 // jobs waiting keep their order, after it.
                 queue.extend(rx.try_iter().filter(|j| !matches!(j, Job::Tidy)));
-                match repo.gc() {
+                // Tidy only: the sweep of every layer file is `strata gc`'s.
+                match repo.tidy() {
                     Ok(r) if r.freed_bytes > 0 => {
                         log::info!("gave back {} bytes of closed images", r.freed_bytes)
                     }

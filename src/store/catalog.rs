@@ -183,7 +183,8 @@ pub fn check_disk_size(size: u64) -> Result<u64> {
     Ok(size)
 }
 
-/// The puts and deletes that turn map `a` into map `b`.
+/// The puts and deletes that turn map `a` into map `b`: one walk of both
+/// in key order, cloning only what changed.
 fn diff_map<K: Ord + Clone, V: PartialEq + Clone>(
     a: &BTreeMap<K, V>,
     b: &BTreeMap<K, V>,
@@ -191,14 +192,30 @@ fn diff_map<K: Ord + Clone, V: PartialEq + Clone>(
     del: impl Fn(K) -> Change,
     out: &mut Vec<Change>,
 ) {
-    for (k, v) in b {
-        if a.get(k) != Some(v) {
-            out.push(put(k.clone(), v.clone()));
-        }
-    }
-    for k in a.keys() {
-        if !b.contains_key(k) {
-            out.push(del(k.clone()));
+    use std::cmp::Ordering;
+    let (mut ia, mut ib) = (a.iter().peekable(), b.iter().peekable());
+    loop {
+        let order = match (ia.peek(), ib.peek()) {
+            (None, None) => return,
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (Some((ka, _)), Some((kb, _))) => ka.cmp(kb),
+        };
+        match order {
+            Ordering::Less => {
+                let (k, _) = ia.next().expect("peeked");
+                out.push(del(k.clone()));
+            }
+            Ordering::Greater => {
+                let (k, v) = ib.next().expect("peeked");
+                out.push(put(k.clone(), v.clone()));
+            }
+            Ordering::Equal => {
+                let ((_, va), (k, vb)) = (ia.next().expect("peeked"), ib.next().expect("peeked"));
+                if va != vb {
+                    out.push(put(k.clone(), vb.clone()));
+                }
+            }
         }
     }
 }
@@ -448,17 +465,6 @@ impl Catalog {
         out
     }
 
-    /// The snapshot that names layer `id`, if one does.
-    pub fn snapshot_of_layer(
-        &self,
-        id: LayerId,
-    ) -> Option<(&DiskName, &SnapName, &SnapshotRecord)> {
-        self.snapshots
-            .iter()
-            .flat_map(|(d, m)| m.iter().map(move |(s, r)| (d, s, r)))
-            .find(|(_, _, r)| r.layer == id)
-    }
-
     /// Every layer some snapshot names, or some disk has as its live layer.
     pub fn named_layers(&self) -> std::collections::BTreeSet<LayerId> {
         let mut out: std::collections::BTreeSet<LayerId> =
@@ -472,61 +478,58 @@ impl Catalog {
     /// Records today's usage entries for every snapshot whose stored size or
     /// name changed, or that went away, since `before`.
     pub fn note_usage(&mut self, before: &Catalog, day: u32) {
-        let now: BTreeMap<LayerId, (DiskName, SnapName, u64)> = self
+        let stored = |cat: &Catalog, layer: LayerId| {
+            cat.layers
+                .get(&layer)
+                .and_then(|l| l.frozen)
+                .map_or(0, |f| f.stored_bytes)
+        };
+        // Collected first (names cloned only for what is recorded), then
+        // recorded: every commit calls this, whatever the catalog's size.
+        let mut record: Vec<((LayerId, u32), UsageEntry)> = Vec::new();
+        let alive: std::collections::BTreeSet<LayerId> = self
             .snapshots
-            .iter()
-            .flat_map(|(d, m)| m.iter().map(move |(s, r)| (d, s, r)))
-            .map(|(d, s, r)| {
-                let bytes = self
-                    .layers
-                    .get(&r.layer)
-                    .and_then(|l| l.frozen)
-                    .map_or(0, |f| f.stored_bytes);
-                (r.layer, (d.clone(), s.clone(), bytes))
-            })
+            .values()
+            .flat_map(|m| m.values().map(|r| r.layer))
             .collect();
         for (d, m) in &before.snapshots {
             for (s, r) in m {
-                if !now.contains_key(&r.layer) {
+                if !alive.contains(&r.layer) {
                     let key = (r.layer, day);
-                    let bytes = before
-                        .layers
-                        .get(&r.layer)
-                        .and_then(|l| l.frozen)
-                        .map_or(0, |f| f.stored_bytes);
+                    let bytes = stored(before, r.layer);
                     let bytes = self.usage.get(&key).map_or(bytes, |e| e.bytes.max(bytes));
-                    self.usage.insert(
-                        key,
-                        UsageEntry {
-                            disk: d.clone(),
-                            snap: s.clone(),
-                            bytes,
-                            alive: false,
-                        },
-                    );
+                    let entry = UsageEntry {
+                        disk: d.clone(),
+                        snap: s.clone(),
+                        bytes,
+                        alive: false,
+                    };
+                    record.push((key, entry));
                 }
             }
         }
-        for (layer, (disk, snap, bytes)) in now {
-            let key = (layer, day);
-            let last = self.usage.range((layer, 0)..=key).next_back();
-            let unchanged = last.is_some_and(|(_, e)| {
-                e.alive && e.bytes == bytes && e.disk == disk && e.snap == snap
-            });
-            if unchanged {
-                continue;
-            }
-            let most = self.usage.get(&key).map_or(bytes, |e| e.bytes.max(bytes));
-            self.usage.insert(
-                key,
-                UsageEntry {
-                    disk,
-                    snap,
+        for (disk, m) in &self.snapshots {
+            for (snap, r) in m {
+                let (layer, bytes) = (r.layer, stored(self, r.layer));
+                let key = (layer, day);
+                let last = self.usage.range((layer, 0)..=key).next_back();
+                let unchanged = last.is_some_and(|(_, e)| {
+                    e.alive && e.bytes == bytes && e.disk == *disk && e.snap == *snap
+                });
+                if unchanged {
+                    continue;
+                }
+                let most = self.usage.get(&key).map_or(bytes, |e| e.bytes.max(bytes));
+                let entry = UsageEntry {
+                    disk: disk.clone(),
+                    snap: snap.clone(),
                     bytes: most,
                     alive: true,
-                },
-            );
+                };
+                record.push((key, entry));
+            }
         }
+        self.usage.extend(record);
     }
 
     /// The disk's snapshots in the order they were taken.

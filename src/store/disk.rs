@@ -63,6 +63,11 @@ pub struct Disk {
     latch: Mutex<Option<String>>,
     /// Open handles that may write (registered by the mount).
     writers: AtomicUsize,
+    /// Held (shared) by each read for as long as it reads: a read finds its
+    /// pieces, lets go of the state lock, then reads the files. Tidy waits
+    /// for the reads in flight ([`Disk::wait_for_reads`]) before it punches
+    /// a block below the live layer that a read may have been sent to.
+    reads: RwLock<()>,
 }
 
 /// What [`FreezeLock::prepare`] found: the layer being frozen, its index
@@ -112,6 +117,7 @@ impl Disk {
             state: RwLock::new(DiskState { live, base }),
             latch: Mutex::new(None),
             writers: AtomicUsize::new(0),
+            reads: RwLock::new(()),
         }
     }
 
@@ -372,6 +378,13 @@ impl Disk {
 
     /// Replaces the live layer with `fresh`, over `base` (a rollback), with
     /// the disk held still by `lock`.
+    /// Returns once every read that started before the call is done. Reads
+    /// that start after find the blocks where they are now (in the live
+    /// layer, once flushed there; through a new base map, once set).
+    pub(crate) fn wait_for_reads(&self) {
+        drop(self.reads.write());
+    }
+
     /// Gives the disk a new owner map of the frozen chain below its live
     /// layer: the same image, read from where its blocks are now.
     pub(crate) fn set_base(&self, base: OwnerMap) {
@@ -653,6 +666,7 @@ impl ImageRead for Disk {
         self.geo().size
     }
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        let _reading = self.reads.read();
         image::read_at(self, offset, buf)
     }
     fn seek_data(&self, offset: u64) -> Result<Option<u64>> {

@@ -293,11 +293,10 @@ impl FrozenIndex {
         (idx, garbage)
     }
 
-    /// Takes over what `below` holds that this layer does not: how a
-    /// deleted snapshot's layer is merged into the layer above it. Pieces
-    /// move; no data does.
-    pub fn absorb(&mut self, below: &FrozenIndex) {
-        let (rest, _) = below.without(&self.present());
+    /// Takes over `rest`: what [`FrozenIndex::without`] left of a layer
+    /// below, given every block this layer holds. How a deleted snapshot's
+    /// layer is merged into the layer above it: pieces move; no data does.
+    pub fn take(&mut self, rest: FrozenIndex) {
         self.zero.union_with(&rest.zero);
         self.pieces.extend(rest.pieces);
     }

@@ -222,6 +222,20 @@ struct CatalogState {
     file: CatalogFile,
     /// Why the catalog stopped accepting commits, once it has.
     latch: Option<String>,
+    /// Which snapshot names each layer: how the mount finds an image by its
+    /// identity, at any number of snapshots. Follows `cat`.
+    by_layer: HashMap<LayerId, (DiskName, SnapName)>,
+}
+
+/// Which snapshot names each layer of `cat`.
+fn index_by_layer(cat: &Catalog) -> HashMap<LayerId, (DiskName, SnapName)> {
+    cat.snapshots
+        .iter()
+        .flat_map(|(d, m)| {
+            m.iter()
+                .map(move |(s, r)| (r.layer, (d.clone(), s.clone())))
+        })
+        .collect()
 }
 
 /// A frozen chain's owner map, and whether one data file alone is its image.
@@ -231,6 +245,9 @@ pub(crate) struct ImageMap {
     /// passthrough): set for a layer with no parent whose data all lives in
     /// its own file.
     pub flat: Option<LayerId>,
+    /// [`Inner::relaid`] when it was built: a map from before a relayout is
+    /// not taken from the cache.
+    relaid: u64,
 }
 
 /// Open snapshot images, by every layer of the chain they read. A layer an
@@ -504,6 +521,7 @@ impl Repository {
                 paths,
                 _lock: lock,
                 catalog: Mutex::new(CatalogState {
+                    by_layer: index_by_layer(&cat),
                     cat,
                     file,
                     latch: None,
@@ -600,6 +618,9 @@ impl Repository {
                 state.latch = Some(inner.to_string());
             }
             return Err(e);
+        }
+        if next.snapshots != state.cat.snapshots {
+            state.by_layer = index_by_layer(&next);
         }
         state.cat = next;
         if state.file.wants_compaction() {
@@ -807,7 +828,27 @@ impl Repository {
     /// the nearest ancestor whose map is cached (usually the snapshot just
     /// before), so walking a history oldest-first costs each layer once.
     fn frozen_map(&self, top: LayerId) -> Result<Arc<ImageMap>> {
-        if let Some(m) = self.inner.maps.lock().get(&top) {
+        // A tidy may change the chain while it is read (a merged layer's
+        // index goes once the merge commits): then it is read again.
+        let mut tries = 0;
+        loop {
+            let generation = self.inner.catalog.lock().cat.generation;
+            match self.build_frozen_map(top) {
+                Err(e) if tries < 3 && self.inner.catalog.lock().cat.generation != generation => {
+                    log::debug!("owner map of {top}: {e}; the tree changed meanwhile, again");
+                    tries += 1;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    fn build_frozen_map(&self, top: LayerId) -> Result<Arc<ImageMap>> {
+        use std::sync::atomic::Ordering::SeqCst;
+        // Maps cached before the last relayout may read copies that go.
+        let relaid = self.inner.relaid.load(SeqCst);
+        let current = |m: &&Arc<ImageMap>| m.relaid == relaid;
+        if let Some(m) = self.inner.maps.lock().get(&top).filter(current) {
             return Ok(m.clone());
         }
         let (chain, geos) = {
@@ -830,7 +871,7 @@ impl Repository {
         {
             let mut maps = self.inner.maps.lock();
             for (i, id) in chain.iter().enumerate().skip(1) {
-                if let Some(m) = maps.get(id) {
+                if let Some(m) = maps.get(id).filter(current) {
                     map = OwnerMap::clone(&m.map);
                     start = i;
                     break;
@@ -846,7 +887,7 @@ impl Repository {
                 flat = Some(id);
             }
         }
-        let image = Arc::new(ImageMap { map, flat });
+        let image = Arc::new(ImageMap { map, flat, relaid });
         self.inner.maps.lock().put(top, image.clone());
         Ok(image)
     }
@@ -876,7 +917,8 @@ impl Repository {
     /// image by its identity).
     pub fn snapshot_info_by_layer(&self, layer: LayerId) -> Option<SnapshotInfo> {
         let state = self.inner.catalog.lock();
-        let (d, s, r) = state.cat.snapshot_of_layer(layer)?;
+        let (d, s) = state.by_layer.get(&layer)?;
+        let r = state.cat.snapshots.get(d)?.get(s)?;
         Some(snapshot_info(&state.cat, d, s, r))
     }
 
@@ -921,6 +963,14 @@ impl Repository {
             let relaid = self.inner.relaid.load(SeqCst);
             let chain = self.inner.catalog.lock().cat.chain(info.layer);
             let guard = self.inner.views.open(chain);
+            // Deleted before the pin took: tidy may have changed its layer
+            // already. (Deleted after: tidy sees the pin.)
+            if self
+                .snapshot_record(r)
+                .is_none_or(|rec| rec.layer != info.layer)
+            {
+                return Err(StoreError::NoSuchSnapshot(r.clone()));
+            }
             let map = self.frozen_map(info.layer)?;
             if self.inner.relaid.load(SeqCst) == relaid {
                 return Ok(Snapshot::new(
@@ -941,9 +991,7 @@ impl Repository {
     /// succeeds, tidy calls it again first, and frees nothing if it fails.
     pub(crate) fn relay(&self) -> Result<()> {
         use std::sync::atomic::Ordering::SeqCst;
-        self.inner.stale_bases.store(true, SeqCst);
-        self.forget_maps();
-        self.inner.relaid.fetch_add(1, SeqCst);
+        self.mark_relaid();
         // A disk being opened holds `disks` throughout: it is in the list.
         let disks: Vec<Arc<Disk>> = self.inner.disks.lock().values().cloned().collect();
         for disk in disks {
@@ -960,6 +1008,16 @@ impl Repository {
         }
         self.inner.stale_bases.store(false, SeqCst);
         Ok(())
+    }
+
+    /// The first half of [`Repository::relay`], also called inside the
+    /// commit that relays (under the catalog lock): from then on no map
+    /// built before is served, and opening images look again.
+    pub(crate) fn mark_relaid(&self) {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.inner.stale_bases.store(true, SeqCst);
+        self.inner.relaid.fetch_add(1, SeqCst);
+        self.forget_maps();
     }
 
     /// Whether [`Repository::relay`] has yet to succeed.

@@ -95,6 +95,49 @@ pub fn sh(cmd: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// `len` reproducible bytes that differ with `seed` (xorshift64).
+pub fn random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// `len` bytes of the file at `path` from `offset`.
+pub fn read_range(path: &Path, offset: u64, len: usize) -> Vec<u8> {
+    let mut buf = vec![0u8; len];
+    File::open(path)
+        .expect("open")
+        .read_exact_at(&mut buf, offset)
+        .expect("read");
+    buf
+}
+
+/// A file system image that `e2fsck -fn` finds clean, mounted read-only
+/// (without replaying a journal) at `dir`; the loop device goes with the
+/// returned guard.
+pub fn clean_ext4(img: &Path, dir: &Path) -> Loop {
+    let check = Command::new("e2fsck")
+        .arg("-fn")
+        .arg(img)
+        .output()
+        .expect("e2fsck");
+    assert!(
+        check.status.success(),
+        "e2fsck -fn {}: {}",
+        img.display(),
+        String::from_utf8_lossy(&check.stdout)
+    );
+    let mut lo = Loop::attach(img, true);
+    lo.mount(dir, "ro,noload");
+    lo
+}
+
 pub fn is_mounted(mp: &Path) -> bool {
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let mp = mp.to_str().unwrap_or_default();

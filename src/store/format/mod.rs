@@ -110,7 +110,8 @@
 //!   disk). A layer is frozen with one piece, its own data file, and no
 //!   checksums; the index is rewritten with them once they are computed.
 //!   When a deleted snapshot's layer is merged into the layer above it,
-//!   that layer takes over its pieces: no data moves.
+//!   that layer takes over its pieces: no data moves. `snapshot full` adds
+//!   a piece in a new data file holding the copies.
 //! - `layers/<id>.log`: header [`LogHeader`]; records [`JournalRecord`]. The
 //!   live layer's present blocks are the `data` and `zero` extents of all
 //!   `Present` records applied in order (a later record's kind wins). A
@@ -130,7 +131,9 @@
 //! are punched before its index stops naming them. So the data file of a
 //! layer with no parent and one piece, read as it is, equals the layer's
 //! image, which is what lets the kernel read such an image directly (FUSE
-//! passthrough).
+//! passthrough). (The one exception, a file `snapshot full` was filling
+//! when a crash came, is never a layer's own file, so never read this way;
+//! `gc` punches what it holds outside its layer's index.)
 //!
 //! # Durability and intents
 //!

@@ -4,6 +4,8 @@
 //! changes. It needs no free space beyond the reserve for its commit, and
 //! costs what the deleted layers hold, not the size of the disk or chain.
 
+use std::sync::Arc;
+
 use crate::store::catalog::{Intent, IntentKind};
 use crate::store::error::{Result, StoreError};
 use crate::store::format::LayerFileKind;
@@ -77,63 +79,77 @@ impl Repository {
     /// under its name, until they are deleted too. Refused while its image
     /// is open for writing (in the mount) unless `force`.
     pub fn delete_disk(&self, name: &DiskName, force: bool) -> Result<DeleteReport> {
-        let rec = self
-            .inner
-            .catalog
-            .lock()
-            .cat
-            .disks
-            .get(name)
-            .cloned()
-            .ok_or_else(|| StoreError::NoSuchDisk(name.clone()))?;
-        let disk = self.open_disk(name);
-        if let Some(d) = &disk {
-            if d.writers() > 0 && !force {
-                return Err(StoreError::Refused(format!(
-                    "disk '{name}' is open for writing ({} handles in the mount); close them, \
-                     or add --force to delete it anyway (their writes are then lost)",
-                    d.writers()
-                )));
-            }
-        }
-        let _snaps = disk.as_ref().map(|d| d.lock_snapshots());
-        let freed_live = self.allocated(&self.catalog(), &[rec.live]);
-        self.with_reserve(|| {
-            let _s = self.inner.structure.lock();
-            let _held = disk.as_ref().map(|d| d.lock_freeze());
-            let doomed = self
-                .commit(|cat| {
-                    let d = cat
-                        .disks
-                        .remove(name)
-                        .ok_or_else(|| StoreError::NoSuchDisk(name.clone()))?;
-                    let live = cat.layers.remove(&d.live);
-                    let mut files: Vec<_> = live
-                        .map(|l| l.files.iter().map(|&f| (f, LayerFileKind::Data)).collect())
-                        .unwrap_or_default();
-                    files.push((d.live, LayerFileKind::Log));
-                    cat.add_intent(Intent {
-                        what: format!("delete disk {name}"),
-                        kind: IntentKind::Remove,
-                        files: files.clone(),
-                    });
-                    Ok(files)
-                })
-                .map_err(|e| e.into_inner())?;
+        loop {
+            // The open instance, if any, is held still; `disks` is then held
+            // across the commit, so no instance can be opened meanwhile.
+            let disk = self.open_disk(name);
+            let rec = self
+                .inner
+                .catalog
+                .lock()
+                .cat
+                .disks
+                .get(name)
+                .cloned()
+                .ok_or_else(|| StoreError::NoSuchDisk(name.clone()))?;
             if let Some(d) = &disk {
-                d.retire();
+                if d.writers() > 0 && !force {
+                    return Err(StoreError::Refused(format!(
+                        "disk '{name}' is open for writing ({} handles in the mount); close \
+                         them, or add --force to delete it anyway (their writes are then lost)",
+                        d.writers()
+                    )));
+                }
             }
-            self.inner.disks.lock().remove(name);
-            self.remove_files(&doomed);
-            Ok(())
-        })?;
-        self.emit(Event::DiskGone { disk: name.clone() });
-        let t = self.tidy_after();
-        Ok(DeleteReport {
-            deleted: 1,
-            freed_bytes: t.freed_bytes + freed_live,
-            waiting: t.waiting,
-            unfinished: t.unfinished,
-        })
+            let _snaps = disk.as_ref().map(|d| d.lock_snapshots());
+            let freed_live = self.allocated(&self.catalog(), &[rec.live]);
+            let done = self.with_reserve(|| {
+                let _s = self.inner.structure.lock();
+                let _held = disk.as_ref().map(|d| d.lock_freeze());
+                let mut disks = self.inner.disks.lock();
+                let now = disks.get(name).cloned();
+                if now.as_ref().map(Arc::as_ptr) != disk.as_ref().map(Arc::as_ptr) {
+                    // Opened since we looked: again, holding that one.
+                    return Ok(false);
+                }
+                let doomed = self
+                    .commit(|cat| {
+                        let d = cat
+                            .disks
+                            .remove(name)
+                            .ok_or_else(|| StoreError::NoSuchDisk(name.clone()))?;
+                        let live = cat.layers.remove(&d.live);
+                        let mut files: Vec<_> = live
+                            .map(|l| l.files.iter().map(|&f| (f, LayerFileKind::Data)).collect())
+                            .unwrap_or_default();
+                        files.push((d.live, LayerFileKind::Log));
+                        cat.add_intent(Intent {
+                            what: format!("delete disk {name}"),
+                            kind: IntentKind::Remove,
+                            files: files.clone(),
+                        });
+                        Ok(files)
+                    })
+                    .map_err(|e| e.into_inner())?;
+                if let Some(d) = &disk {
+                    d.retire();
+                }
+                disks.remove(name);
+                drop(disks);
+                self.remove_files(&doomed);
+                Ok(true)
+            })?;
+            if !done {
+                continue;
+            }
+            self.emit(Event::DiskGone { disk: name.clone() });
+            let t = self.tidy_after();
+            return Ok(DeleteReport {
+                deleted: 1,
+                freed_bytes: t.freed_bytes + freed_live,
+                waiting: t.waiting,
+                unfinished: t.unfinished,
+            });
+        }
     }
 }

@@ -209,6 +209,9 @@ impl Repository {
     /// Renames a disk, and with it the name its snapshots are listed under.
     pub fn rename_disk(&self, from: &DiskName, to: &DiskName) -> Result<()> {
         let _s = self.inner.structure.lock();
+        // Held across the commit: a disk opened under its new name in
+        // between would be a second instance of the same live layer.
+        let mut disks = self.inner.disks.lock();
         self.commit(|cat| {
             if cat.disks.contains_key(to) || cat.snapshots.contains_key(to) {
                 return Err(StoreError::DiskExists(to.clone()));
@@ -224,7 +227,6 @@ impl Repository {
             Ok(())
         })
         .map_err(|e| e.into_inner())?;
-        let mut disks = self.inner.disks.lock();
         if let Some(d) = disks.remove(from) {
             d.set_name(to.clone());
             disks.insert(to.clone(), d);

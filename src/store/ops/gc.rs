@@ -44,7 +44,11 @@ impl Repository {
             {
                 self.remove_files(&i.files);
             }
-            self.tidy_locked()?;
+            // What those removals let go.
+            let t = self.tidy_locked()?;
+            report.freed_bytes += t.freed_bytes;
+            report.layers_removed += t.layers_removed;
+            report.waiting = t.waiting;
             Ok(report)
         })
     }

@@ -98,7 +98,10 @@ impl Repository {
             ));
         }
         let mut snaps = self.snapshots(disk)?;
-        snaps.reverse(); // newest first
+        // Newest first by the time taken (the order taken, should the
+        // clock have stepped back): periods are counted in time.
+        snaps.reverse();
+        snaps.sort_by_key(|s| std::cmp::Reverse(s.taken));
         let taken: Vec<u64> = snaps.iter().map(|s| s.taken).collect();
         let kept = keep(&taken, rules);
         let (mut keep_names, mut delete) = (vec![], vec![]);

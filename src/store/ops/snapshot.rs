@@ -363,10 +363,16 @@ impl Repository {
         }
     }
 
-    /// Makes snapshot `r` self-contained: copies into its layer's own file
-    /// every block its image reads from older layers, so that it needs no
-    /// other layer. Its bytes do not change; what it stores becomes its
-    /// whole image's used size.
+    /// Makes snapshot `r` self-contained: copies into a new data file of
+    /// its layer every block its image reads from older layers, so that it
+    /// needs no other layer. Its bytes do not change; what it stores
+    /// becomes its whole image's used size.
+    ///
+    /// No block is written into a file an index names. In order: the new
+    /// file is made under an intent (a crash removes it); it joins the
+    /// layer's files (a crash leaves it unnamed by the index: `gc` punches
+    /// it); the index names it (the image reads the same, from it); the
+    /// layer lets go of its parent. Each step is durable before the next.
     pub fn make_full(
         &self,
         r: &SnapshotRef,
@@ -384,12 +390,110 @@ impl Repository {
         let mut idx = layer::read_index(files, id, geo)?;
         let below = self.frozen_map(parent)?;
         let held = idx.present();
-        let own_path = self.inner.paths.data(id);
-        let own = self
-            .inner
-            .storage
-            .open(&own_path, true)
-            .map_err(StoreError::io(&own_path))?;
+        let (ids, (), made, intent) = self.intend(format!("make {r} full"), 1, |_, ids| {
+            Ok(((), vec![(ids[0], LayerFileKind::Data)]))
+        })?;
+        let fid = ids[0];
+        let copied = self.copy_below(&below, &held, fid, geo, progress);
+        let (copied, zero) = match copied {
+            Ok(c) => c,
+            Err(e) => {
+                self.abandon(intent, &made);
+                return Err(e);
+            }
+        };
+        self.commit(|c| {
+            c.intents.remove(&intent);
+            let l = c
+                .layers
+                .get_mut(&id)
+                .ok_or_else(|| StoreError::NoSuchSnapshot(r.clone()))?;
+            l.files.push(fid);
+            Ok(())
+        })
+        .map_err(|e| {
+            if let CommitError::NotWritten(_) = &e {
+                self.abandon(intent, &made);
+            }
+            e.into_inner()
+        })?;
+        idx.pieces.push(layer::Piece {
+            file: fid,
+            data: copied,
+            checksums: None,
+        });
+        idx.zero.union_with(&zero);
+        layer::replace_index(files, id, geo, &idx)?;
+        let info_blocks = idx.present().blocks();
+        let named = idx.files();
+        let mut owned: Vec<LayerId> = self
+            .catalog()
+            .layers
+            .get(&id)
+            .map(|l| l.files.clone())
+            .unwrap_or_default();
+        owned.extend(
+            named
+                .iter()
+                .filter(|f| !owned.contains(f))
+                .copied()
+                .collect::<Vec<_>>(),
+        );
+        let stored = self.allocated_files(&owned);
+        self.commit(|c| {
+            // Files its index names that another layer still owns (a merge
+            // into it that a crash cut short) become its own: the layer it
+            // no longer reads through may go, and must not take them along.
+            for f in &named {
+                if c.layers.get(&id).is_some_and(|l| !l.files.contains(f)) {
+                    for l in c.layers.values_mut() {
+                        l.files.retain(|x| x != f);
+                    }
+                    if let Some(l) = c.layers.get_mut(&id) {
+                        l.files.push(*f);
+                    }
+                }
+            }
+            if let Some(l) = c.layers.get_mut(&id) {
+                l.parent = None;
+                l.frozen = Some(FrozenInfo {
+                    blocks: info_blocks,
+                    stored_bytes: stored,
+                });
+            }
+            // Maps built before read the copies below, which tidy may now
+            // free: none is served from here on.
+            self.mark_relaid();
+            Ok(())
+        })
+        .map_err(|e| e.into_inner())?;
+        // Open disks get new maps; if that fails, the snapshot is full all
+        // the same, and tidy frees nothing until it is done.
+        if let Err(e) = self.relay() {
+            log::warn!("{r} is full; new owner maps for open disks failed: {e}");
+        }
+        self.emit(Event::SnapshotChanged { layer: id });
+        drop(_s);
+        self.add_checksums(id, geo, idx);
+        self.tidy_after();
+        self.snapshot_info(r)
+    }
+
+    /// Copies into new data file `fid` every block `below` holds outside
+    /// `held`; returns the data blocks copied and the zero blocks seen.
+    fn copy_below(
+        &self,
+        below: &super::super::ImageMap,
+        held: &ExtentSet,
+        fid: LayerId,
+        geo: Geometry,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<(ExtentSet, ExtentSet)> {
+        let files = &self.inner.files;
+        let own_path = self.inner.paths.data(fid);
+        let io = |e| StoreError::io(&own_path)(e);
+        let own = self.inner.storage.create_new(&own_path).map_err(io)?;
+        own.set_len(geo.size).map_err(io)?;
         let bs = geo.block_size as u64;
         let mut copied = ExtentSet::new();
         let mut zero = ExtentSet::new();
@@ -415,8 +519,7 @@ impl Repository {
                     let len = (bytes.end - bytes.start) as usize;
                     file.read_exact_at(&mut buf[..len], bytes.start)
                         .map_err(StoreError::io(&path))?;
-                    own.write_all_at(&buf[..len], bytes.start)
-                        .map_err(StoreError::io(&own_path))?;
+                    own.write_all_at(&buf[..len], bytes.start).map_err(io)?;
                     b += n;
                 }
                 copied.insert(part);
@@ -424,40 +527,8 @@ impl Repository {
             done += run.end - run.start;
             progress(done * bs, total * bs);
         }
-        own.sync_data().map_err(StoreError::io(&own_path))?;
-        match idx.pieces.iter_mut().find(|p| p.file == id) {
-            Some(p) => {
-                p.data.union_with(&copied);
-                p.checksums = None;
-            }
-            None => idx.pieces.push(layer::Piece {
-                file: id,
-                data: copied,
-                checksums: None,
-            }),
-        }
-        idx.zero.union_with(&zero);
-        layer::replace_index(files, id, geo, &idx)?;
-        let info_blocks = idx.present().blocks();
-        let stored = self.allocated(&cat, &[id]);
-        self.commit(|c| {
-            if let Some(l) = c.layers.get_mut(&id) {
-                l.parent = None;
-                l.frozen = Some(FrozenInfo {
-                    blocks: info_blocks,
-                    stored_bytes: stored,
-                });
-            }
-            Ok(())
-        })
-        .map_err(|e| e.into_inner())?;
-        // Maps built before read the copies below, which tidy may now free.
-        let relaid = self.relay();
-        self.emit(Event::SnapshotChanged { layer: id });
-        relaid?;
-        drop(_s);
-        self.add_checksums(id, geo, idx);
-        self.tidy_after();
-        self.snapshot_info(r)
+        own.sync_all().map_err(io)?;
+        format::sync_dir(files.storage(), &files.paths().dir)?;
+        Ok((copied, zero))
     }
 }

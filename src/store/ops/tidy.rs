@@ -48,23 +48,28 @@ impl TidyOutcome {
     }
 }
 
-/// `garbage` (blocks by data file) without the blocks `indexes` name in
-/// the same file: what another layer's index names is never punched.
-fn spare(
-    garbage: Vec<(LayerId, ExtentSet)>,
-    indexes: &[&FrozenIndex],
-) -> Vec<(LayerId, ExtentSet)> {
-    garbage
-        .into_iter()
-        .map(|(file, mut blocks)| {
-            for idx in indexes {
-                for p in idx.pieces.iter().filter(|p| p.file == file) {
-                    blocks = blocks.difference(&p.data);
-                }
-            }
-            (file, blocks)
-        })
-        .collect()
+/// The blocks some indexes name, by data file: what a punch must spare.
+#[derive(Default)]
+struct Named(BTreeMap<LayerId, ExtentSet>);
+
+impl Named {
+    fn add(&mut self, idx: &FrozenIndex) {
+        for p in &idx.pieces {
+            self.0.entry(p.file).or_default().union_with(&p.data);
+        }
+    }
+
+    /// `garbage` (blocks by data file) without the blocks named here in the
+    /// same file: what a remaining index names is never punched.
+    fn spare(&self, garbage: Vec<(LayerId, ExtentSet)>) -> Vec<(LayerId, ExtentSet)> {
+        garbage
+            .into_iter()
+            .map(|(file, blocks)| match self.0.get(&file) {
+                Some(named) => (file, blocks.difference(named)),
+                None => (file, blocks),
+            })
+            .collect()
+    }
 }
 
 pub(crate) fn geometry(cat: &Catalog, id: LayerId) -> Geometry {
@@ -162,10 +167,14 @@ impl Repository {
             return Ok(out);
         }
 
-        // Runs of hidden single-child layers under a frozen layer.
+        // Runs of hidden single-child layers under a frozen layer: a named
+        // one, a branch point, or a hidden one under a live layer (which is
+        // trimmed, below, once it has taken the run).
         let single = |id: LayerId| hidden.contains(&id) && !open(&id) && kids(id).len() == 1;
+        let frozen = |id: &LayerId| cat.layers.get(id).is_some_and(|l| l.frozen.is_some());
         for (&top, rec) in &cat.layers {
-            if rec.frozen.is_none() || hidden.contains(&top) && single(top) {
+            let in_a_run = single(top) && kids(top).iter().all(frozen);
+            if rec.frozen.is_none() || in_a_run {
                 continue;
             }
             let mut run = Vec::new();
@@ -189,14 +198,27 @@ impl Repository {
                 continue;
             }
             let mut covered: Option<ExtentSet> = None;
+            let mut latched = false;
             for k in kids(h) {
-                let present = self.present_with(&cat, k, true)?;
+                let present = match self.present_with(&cat, k, true) {
+                    Ok(p) => p,
+                    // A disk that stopped taking writes cannot say what it
+                    // holds durably: what is under it waits for a reopen,
+                    // the rest of the tree is tidied.
+                    Err(StoreError::Latched { .. }) => {
+                        latched = true;
+                        break;
+                    }
+                    Err(e) => return Err(e),
+                };
                 covered = Some(match covered {
                     None => present,
                     Some(c) => c.intersection(&present),
                 });
             }
-            let Some(covered) = covered else { continue };
+            let Some(covered) = covered.filter(|_| !latched) else {
+                continue;
+            };
             let geo = geometry(&cat, h);
             let idx = layer::read_index(&self.inner.files, h, geo)?;
             let (trimmed, garbage) = idx.without(&covered);
@@ -208,7 +230,11 @@ impl Repository {
                     named.push(layer::read_index(&self.inner.files, k, geometry(&cat, k))?);
                 }
             }
-            let garbage = spare(garbage, &named.iter().collect::<Vec<_>>());
+            let mut spared = Named::default();
+            for k in &named {
+                spared.add(k);
+            }
+            let garbage = spared.spare(garbage);
             if trimmed.present().is_empty() {
                 // Every child holds all it holds: no image reads it.
                 let freed = self.allocated(&cat, &[h]);
@@ -254,15 +280,22 @@ impl Repository {
     ) -> Result<u64> {
         let geo = geometry(cat, top);
         let mut idx = layer::read_index(&self.inner.files, top, geo)?;
+        // A collapse a crash or an error cut short may have left `top`'s
+        // index naming blocks of the run's files already: those stay.
+        // And what it takes from one layer of the run may be in the files
+        // of another (the same reason): those stay too.
+        let mut named = Named::default();
+        named.add(&idx);
+        let mut covered = idx.present();
         let mut freed = 0;
         for &h in run {
             let hidx = layer::read_index(&self.inner.files, h, geometry(cat, h))?;
-            // What the layers above already hold, nothing reads here; but a
-            // collapse a crash or an error cut short may have left `top`'s
-            // index naming blocks of `h`'s files already: those stay.
-            let (rest, garbage) = hidx.without(&idx.present());
-            freed += self.punch(cat, &spare(garbage, &[&idx]))?;
-            idx.absorb(&rest);
+            // What the layers above already hold, nothing reads here.
+            let (rest, garbage) = hidx.without(&covered);
+            freed += self.punch(cat, &named.spare(garbage))?;
+            covered.union_with(&rest.present());
+            named.add(&rest);
+            idx.take(rest);
         }
         layer::replace_index(&self.inner.files, top, geo, &idx)?;
         let index_files: BTreeSet<LayerId> = idx.files().into_iter().collect();
@@ -353,6 +386,10 @@ impl Repository {
     /// given back.
     fn punch(&self, cat: &Catalog, garbage: &[(LayerId, ExtentSet)]) -> Result<u64> {
         let mut freed = 0;
+        if garbage.iter().all(|(_, b)| b.is_empty()) {
+            return Ok(0);
+        }
+        self.wait_for_disk_reads();
         for (file, blocks) in garbage {
             if blocks.is_empty() {
                 continue;
@@ -386,10 +423,18 @@ impl Repository {
 
     /// Bytes the data files of `layers` occupy.
     pub(crate) fn allocated(&self, cat: &Catalog, layers: &[LayerId]) -> u64 {
-        layers
+        let files: Vec<LayerId> = layers
             .iter()
             .filter_map(|id| cat.layers.get(id))
-            .flat_map(|l| l.files.iter())
+            .flat_map(|l| l.files.iter().copied())
+            .collect();
+        self.allocated_files(&files)
+    }
+
+    /// Bytes the data files `files` occupy.
+    pub(crate) fn allocated_files(&self, files: &[LayerId]) -> u64 {
+        files
+            .iter()
             .map(|f| {
                 self.inner
                     .storage
@@ -446,16 +491,7 @@ impl Repository {
                         .map(|(f, _)| *f),
                 );
             }
-            let stored: u64 = files
-                .iter()
-                .map(|f| {
-                    self.inner
-                        .storage
-                        .open(&self.inner.paths.data(*f), false)
-                        .and_then(|f| f.allocated_bytes())
-                        .unwrap_or(0)
-                })
-                .sum();
+            let stored = self.allocated_files(&files);
             stats.insert(
                 *id,
                 FrozenInfo {
@@ -496,8 +532,20 @@ impl Repository {
         })
         .map_err(|e| e.into_inner())?;
         self.forget_maps();
+        self.wait_for_disk_reads();
         self.remove_files(&doomed);
         Ok(())
+    }
+
+    /// Waits for the reads of every open disk that were in flight: one may
+    /// have been sent to a block about to be punched or a file about to go
+    /// (see [`crate::store::Disk::wait_for_reads`]). Snapshot images need
+    /// no wait: their chains are pinned while they are open.
+    fn wait_for_disk_reads(&self) {
+        let disks: Vec<_> = self.inner.disks.lock().values().cloned().collect();
+        for d in disks {
+            d.wait_for_reads();
+        }
     }
 
     /// Drops removal intents whose files are all gone.
