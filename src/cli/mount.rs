@@ -212,7 +212,7 @@ pub fn umount(a: UmountArgs) -> CmdResult {
         return Ok(());
     };
     // Unmounted, or the daemon exited before answering: both mean unmounted.
-    let flush_failed = match client.call(Request::Unmount, &[]) {
+    let flush_failed = match client.call(Request::Unmount, &[], &mut |_, _| {}) {
         Ok(Response::Refused { message, .. }) => return Err(Failure::Refused(message)),
         Ok(Response::Unmounted { flush_failed }) => flush_failed,
         _ => None,

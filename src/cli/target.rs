@@ -50,7 +50,7 @@ impl Target {
         let resp = match self {
             Target::Local(repo) => execute(repo, req, files, progress),
             Target::Daemon(c) => c
-                .call(req, &files)
+                .call(req, &files, progress)
                 .map_err(|e| Failure::Refused(format!("the mount's daemon did not answer: {e}")))?,
         };
         match resp {

@@ -35,9 +35,20 @@ impl Client {
     }
 
     /// Sends one request, with the files it works on if any, and waits for
-    /// its answer (as long as the work takes).
-    pub fn call(&mut self, req: Request, files: &[File]) -> io::Result<Response> {
+    /// its answer (as long as the work takes); `progress` hears of long
+    /// work meanwhile.
+    pub fn call(
+        &mut self,
+        req: Request,
+        files: &[File],
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> io::Result<Response> {
         send(&self.stream, req, files)?;
-        receive(&self.stream).map(|(resp, _)| resp)
+        loop {
+            match receive(&self.stream)? {
+                (Response::Progress { done, total }, _) => progress(done, total),
+                (resp, _) => return Ok(resp),
+            }
+        }
     }
 }

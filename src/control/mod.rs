@@ -14,8 +14,10 @@
 //! daemon never opens a path a command names.
 //!
 //! Wire format: each message is a `u32` little-endian length followed by a
-//! postcard-encoded [`Envelope`]; a descriptor travels with the length. A
-//! peer speaking another protocol version is refused by name.
+//! postcard-encoded [`Envelope`]; descriptors travel with the length. A
+//! request is answered by one [`Response`], after any number of
+//! [`Response::Progress`] while it works. A peer speaking another protocol
+//! version is refused by name.
 
 mod client;
 pub mod freeze;
@@ -140,6 +142,12 @@ pub enum Request {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Response {
     Done,
+    /// Sent, any number of times, before the answer to long work: how far
+    /// it got (bytes done of a total).
+    Progress {
+        done: u64,
+        total: u64,
+    },
     /// Unmounted; the final flush's failure, if it failed.
     Unmounted {
         flush_failed: Option<String>,

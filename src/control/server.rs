@@ -14,6 +14,9 @@ use super::{execute, receive, send, Request, Response, SOCKET_FILE};
 use crate::store::Repository;
 
 /// What only the daemon can do for a request.
+/// How often a command hears how far its long work got.
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
+
 pub struct ServerHooks {
     /// Flush and unmount; the answer is sent once it is done. `Ok` carries
     /// the flush's failure, if it failed (the unmount goes on regardless).
@@ -82,7 +85,16 @@ fn handle(conn: UnixStream, repo: &Repository, hooks: &ServerHooks) {
                 },
             },
             (req, Ok(files)) => {
-                let resp = execute(repo, req, files, &mut |_, _| {});
+                // Progress goes to the command a few times a second; if it
+                // went away, the work goes on all the same.
+                let mut last: Option<std::time::Instant> = None;
+                let mut progress = |done: u64, total: u64| {
+                    if last.is_none_or(|t| t.elapsed() >= PROGRESS_EVERY) {
+                        last = Some(std::time::Instant::now());
+                        let _ = send(&conn, Response::Progress { done, total }, &[]);
+                    }
+                };
+                let resp = execute(repo, req, files, &mut progress);
                 (hooks.settle)();
                 resp
             }
