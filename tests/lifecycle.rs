@@ -145,7 +145,7 @@ fn delete_while_writing_keeps_open_handles_and_reused_names_fresh() {
     let out = strata_ok(&m.repo, &["snapshot", "delete", "vm@s1"]);
     assert!(out.contains("deleted 1 snapshot"), "{out}");
     // Its layer is open: it waits.
-    assert!(out.contains("closes them"), "{out}");
+    assert!(out.contains("once they are closed"), "{out}");
     assert_eq!(snapshot_names(&m, "vm"), ["s2.img"]);
     assert!(
         !m.snap("vm", "s1").exists(),
@@ -246,7 +246,7 @@ fn a_deleted_disk_keeps_its_snapshots_and_clones_outlive_their_source() {
     refused(&m.repo, &["disk", "delete", "vm"], "open for writing");
     drop(open);
     let out = ok_once_closed(&m.repo, &["disk", "delete", "vm"]);
-    assert!(out.contains("its snapshots stay"), "{out}");
+    assert!(out.contains("its snapshot stays"), "{out}");
     assert!(!live.exists(), "live.img of a deleted disk is still there");
     let mut entries: Vec<String> = fs::read_dir(m.mp.join("vm"))
         .unwrap()
@@ -530,15 +530,23 @@ fn usage_says_what_each_snapshot_stores_and_would_give_back() {
     let days = daily["days"].as_array().unwrap();
     let today = days.last().unwrap();
     let date: jiff::civil::Date = today["date"].as_str().unwrap().parse().unwrap();
-    let expect = (4u64 << 20) as f64 / (1u64 << 30) as f64 / f64::from(date.days_in_month());
-    let got = today["snapshots"][0]["gib_months"].as_f64().unwrap();
+    // A snapshot counts as the day ends (today: now): vm@one, deleted,
+    // does not; vm@two counts with what it took over from it.
+    let listed = today["snapshots"].as_array().unwrap();
+    assert_eq!(listed.len(), 1, "{today}");
+    assert_eq!(listed[0]["snapshot"], "two");
+    assert_eq!(listed[0]["bytes"], 5u64 << 20);
+    let expect = (5u64 << 20) as f64 / (1u64 << 30) as f64 / f64::from(date.days_in_month());
+    let got = listed[0]["gib_months"].as_f64().unwrap();
     assert!(
         (got - expect).abs() < 1e-9,
         "{got} GiB-months, not {expect}"
     );
-    // A snapshot deleted today was kept today: it counts.
-    assert_eq!(today["snapshots"][0]["snapshot"], "one");
-    assert_eq!(today["snapshots"][1]["snapshot"], "two");
+    // Days to come are not reported.
+    let next_year = format!("{}-01-01", date.year() + 1);
+    let ahead = json(&repo, &["usage", "--daily", "--to", &next_year, "--json"]);
+    let last = ahead["days"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["date"], today["date"]);
     // A range names its days.
     let d = date.to_string();
     let ranged = json(
@@ -710,4 +718,44 @@ fn gc_while_mounted_reports_and_du_shrinks() {
     });
     let out = strata_ok(&m.repo, &["gc"]);
     assert!(out.contains("gave back 0 B"), "{out}");
+}
+
+#[test]
+fn du_of_live_img_is_what_no_remaining_snapshot_holds() {
+    if !fuse_available() {
+        return;
+    }
+    let m = Mounted::new(&[("vm", "64M")], &[]);
+    let live = m.live("vm");
+    let du_live = || fs::metadata(&live).unwrap().blocks() * 512;
+    write_range(&live, 0, &pattern(80, 8 << 20));
+    assert!(du_live() >= 8 * MIB, "du of live.img before any snapshot");
+    m.snapshot("vm", "s1");
+    // At once: the kernel is told live.img stores nothing of its own now.
+    assert_eq!(du_live(), 0, "du of live.img right after a snapshot");
+    write_range(&live, 16 * MIB, &pattern(81, 4 << 20));
+    m.snapshot("vm", "s2");
+    assert_eq!(du_live(), 0);
+    // The newest snapshot deleted: its 4 MiB are what only live.img reads.
+    strata_ok(&m.repo, &["snapshot", "delete", "vm@s2"]);
+    let du = du_live();
+    assert!(
+        (4 * MIB..5 * MIB).contains(&du),
+        "du of live.img after its last snapshot was deleted: {du}"
+    );
+    let disks = json(&m.repo, &["disk", "list", "--json"]);
+    let s1 = json(&m.repo, &["snapshot", "list", "vm", "--json"])[0]["stored_bytes"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(disks[0]["used_bytes"].as_u64().unwrap(), s1 + du);
+    let usage = json(&m.repo, &["usage", "vm", "--json"]);
+    assert_eq!(usage["disks"][0]["live_bytes"].as_u64().unwrap(), du);
+    assert_eq!(
+        usage["used_bytes"], disks[0]["used_bytes"],
+        "usage of one disk, totals"
+    );
+    // The next snapshot takes them over.
+    let out = strata_ok(&m.repo, &["snapshot", "create", "vm", "--name", "s3"]);
+    assert!(out.contains("(4 MiB changed)"), "{out}");
+    assert_eq!(du_live(), 0);
 }

@@ -64,39 +64,54 @@ pub struct CreateArgs {
 }
 
 #[derive(Args)]
+#[command(after_help = "Example:\n  strata disk delete vm1-test")]
 pub struct DeleteArgs {
+    /// The disk to delete
     #[arg(value_parser = parse_disk_name)]
     name: DiskName,
-    /// Delete even while live.img is open for writing (the writer then gets
-    /// errors)
+    /// Delete even while live.img is open for writing (its writes then
+    /// fail)
     #[arg(long)]
     force: bool,
 }
 
 #[derive(Args)]
+#[command(
+    after_help = "The disk also takes the snapshot's size. Unmount what is mounted from \
+live.img first (a file system, a loop device, a VM): it would see its disk change under it.\n\n\
+Example:\n  strata disk rollback vm1@before-upgrade"
+)]
 pub struct RollbackArgs {
     /// The snapshot to go back to, as DISK@SNAP
     #[arg(value_parser = parse_snapshot_ref, value_name = "DISK@SNAP")]
     to: SnapshotRef,
-    /// Roll back even while live.img is open for writing (what the writer
-    /// has cached then disagrees with the disk)
+    /// Roll back even while live.img is open for writing (the writer then
+    /// sees its disk change under it, as if swapped while running)
     #[arg(long)]
     force: bool,
 }
 
 #[derive(Args)]
+#[command(
+    after_help = "The new space reads as zeros; grow the partition and file system \
+inside afterwards (growpart, resize2fs).\n\nExample:\n  strata disk resize vm1 --size 128G"
+)]
 pub struct ResizeArgs {
+    /// The disk to grow
     #[arg(value_parser = parse_disk_name)]
     name: DiskName,
-    /// The new size, larger than the current one, like 128G
+    /// The new size, not smaller than the current one, like 128G
     #[arg(long, value_parser = parse_size)]
     size: u64,
 }
 
 #[derive(Args)]
+#[command(after_help = "Example:\n  strata disk rename vm1 web1")]
 pub struct RenameArgs {
+    /// The disk's name now
     #[arg(value_parser = parse_disk_name)]
     old: DiskName,
+    /// Its new name
     #[arg(value_parser = parse_disk_name)]
     new: DiskName,
 }
@@ -206,8 +221,16 @@ pub fn run(repo: &Path, cmd: DiskCommand) -> CmdResult {
                 Response::Deleted(r) => r,
                 r => return Err(unexpected(r)),
             };
+            let kept = match report.kept_snapshots {
+                0 => String::new(),
+                1 => "; its snapshot stays (in the mount and `snapshot list`) until deleted"
+                    .to_string(),
+                n => format!(
+                    "; its {n} snapshots stay (in the mount and `snapshot list`) until deleted"
+                ),
+            };
             println!(
-                "deleted disk {} ({} given back; its snapshots stay until deleted)",
+                "deleted disk {} ({} given back{kept})",
                 a.name,
                 format_size(report.freed_bytes)
             );

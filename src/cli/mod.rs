@@ -68,6 +68,7 @@ enum Command {
     /// Deleting already gives back what it can; gc finishes what was left:
     /// snapshots deleted while they were open, and what a crash cut short.
     /// Safe while mounted.
+    #[command(after_help = "Example:\n  strata gc")]
     Gc,
     /// Files that opening the repository found and nothing names
     ///

@@ -13,8 +13,8 @@ use super::{parse_disk_name, CmdResult, Failure};
 
 #[derive(Args)]
 #[command(
-    after_help = "A snapshot is kept when any rule keeps it. Periods are UTC; weeks run \
-Monday to Sunday.\n\n\
+    after_help = "A snapshot is kept when any rule keeps it; give at least one rule (prune \
+never deletes every snapshot). Periods are UTC; weeks run Monday to Sunday.\n\n\
 Examples:\n  \
 strata prune vm1 --keep-last 3 --keep-daily 7 --keep-weekly 4 --dry-run\n  \
 strata prune vm1 --keep-hourly 24 --keep-monthly 12"

@@ -31,14 +31,21 @@ strata snapshot create vm1 --freeze /mnt/vm1     # the file system inside frozen
     /// What no remaining image reads is given back at once; what a later
     /// snapshot still needs is kept (and stored by it from then on). A
     /// snapshot still open (being read) keeps its space until it is
-    /// closed; `strata gc` gives it back then.
+    /// closed; the mount, or `strata gc`, gives it back then.
+    #[command(after_help = "Examples:\n  \
+strata snapshot delete vm1@nightly-3\n  \
+strata snapshot delete vm1@a vm1@b vm2@a     # all of them, or none if one does not exist")]
     Delete(DeleteArgs),
     /// Make a snapshot self-contained: it then needs no other snapshot
     ///
     /// Copies into it every block its image reads from older snapshots;
     /// what it stores becomes its whole image's used size.
+    #[command(after_help = "Example:\n  strata snapshot full vm1@2026-11-01T00-00-00Z")]
     Full(FullArgs),
     /// Rename a snapshot (its image stays the same file in the mount)
+    #[command(
+        after_help = "Example:\n  strata snapshot rename vm1@2026-11-22T14-05-00Z before-upgrade"
+    )]
     Rename(RenameArgs),
 }
 
@@ -176,7 +183,7 @@ pub fn run(repo: &Path, cmd: SnapshotCommand) -> CmdResult {
                 },
                 format_size(report.freed_bytes),
                 if report.waiting > 0 {
-                    "; the rest once what is reading them closes them, with `strata gc`"
+                    "; what images still open read is given back once they are closed"
                 } else {
                     ""
                 }

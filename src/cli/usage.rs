@@ -17,7 +17,9 @@ use super::{parse_date, parse_disk_name, CmdResult, Failure};
 mount); FREES is what deleting it now, alone, would give back; IMAGE USED is the used size of \
 its whole image (what a full copy stores).\n\n\
 With --daily, each day's stored size of each snapshot in GiB-months, as a cloud's daily \
-usage report counts it: 10 GiB kept one day of a 31-day month is 10/31 = 0.3226.\n\n\
+usage report counts it: 10 GiB kept one day of a 31-day month is 10/31 = 0.3226. A \
+snapshot counts on each day it existed at the day's end (today: now), at what it stored \
+then; --daily covers every disk, up to today.\n\n\
 Examples:\n  \
 strata usage\n  \
 strata usage vm1 --json\n  \
@@ -46,6 +48,11 @@ pub fn run(repo: &Path, a: UsageArgs) -> CmdResult {
         return Err(Failure::Usage(
             "--daily reports every disk; leave out the disk name".into(),
         ));
+    }
+    if let (Some(from), Some(to)) = (a.from, a.to) {
+        if from > to {
+            return Err(Failure::Usage("--from is after --to".into()));
+        }
     }
     let mut target = Target::open(repo)?;
     if a.daily {

@@ -73,6 +73,16 @@ impl Inodes {
         ino
     }
 
+    /// The inode numbers of every live image given one.
+    pub fn lives(&self) -> Vec<u64> {
+        let t = self.inner.lock();
+        t.by_node
+            .iter()
+            .filter(|(n, _)| matches!(n, Node::Live(_)))
+            .map(|(_, &i)| i)
+            .collect()
+    }
+
     /// The inode number of `node` if it has one already.
     pub fn get(&self, node: &Node) -> Option<u64> {
         self.inner.lock().by_node.get(node).copied()

@@ -149,6 +149,18 @@ fn invalidate(repo: &Repository, inodes: &Inodes, n: &Notifier, e: &Event) {
         }
     };
     let img = |snap: &dyn std::fmt::Display| format!("{snap}{IMG_SUFFIX}");
+    // What a live image stores (its `du`) changes with snapshots taken and
+    // deleted: the attributes of every live image the kernel knows go.
+    if matches!(
+        e,
+        Event::SnapshotTaken { .. } | Event::SnapshotGone { .. } | Event::SnapshotChanged { .. }
+    ) {
+        for ino in inodes.lives() {
+            if let Err(err) = n.inval_inode(INodeNo(ino), -1, 0) {
+                log::debug!("invalidating inode {ino}: {err}");
+            }
+        }
+    }
     match e {
         Event::SnapshotGone { disk, snap, layer } => {
             entry(inodes.get(&Node::SnapDir(disk.clone())), &img(snap));
@@ -174,5 +186,6 @@ fn invalidate(repo: &Repository, inodes: &Inodes, n: &Notifier, e: &Event) {
             entry(Some(ROOT_INO), to.as_str());
         }
         Event::LiveChanged { id, .. } => inode(Node::Live(*id), 0),
+        Event::SnapshotTaken { .. } => {}
     }
 }

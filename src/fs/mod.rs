@@ -823,6 +823,22 @@ impl Filesystem for StrataFs {
         }
     }
 
+    // Images take no ioctls (a loop device asks some); ENOTTY says so,
+    // without fuser's warning for each.
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        reply.error(Errno::ENOTTY);
+    }
+
     // Images carry no extended attributes. ENOSYS tells the kernel once, and
     // it stops asking (fuser's default would log each probe).
     fn getxattr(

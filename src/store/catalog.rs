@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use super::error::{Result, StoreError};
 use super::format::{self, AppendError, CatalogHeader, LayerFileKind, MAGIC_CATALOG};
-use super::names::{DiskName, LayerId, SnapName};
+use super::names::{DiskName, LayerId, SnapName, SnapshotRef};
 use super::storage::{Storage, StorageFile};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,7 +48,7 @@ pub struct Catalog {
 pub struct UsageEntry {
     pub disk: DiskName,
     pub snap: SnapName,
-    /// The most it stored that day.
+    /// What it stored at the end of the day (or now, for today).
     pub bytes: u64,
     /// It still existed at the end of the day (or now, for today).
     pub alive: bool,
@@ -497,7 +497,6 @@ impl Catalog {
                 if !alive.contains(&r.layer) {
                     let key = (r.layer, day);
                     let bytes = stored(before, r.layer);
-                    let bytes = self.usage.get(&key).map_or(bytes, |e| e.bytes.max(bytes));
                     let entry = UsageEntry {
                         disk: d.clone(),
                         snap: s.clone(),
@@ -519,17 +518,26 @@ impl Catalog {
                 if unchanged {
                     continue;
                 }
-                let most = self.usage.get(&key).map_or(bytes, |e| e.bytes.max(bytes));
                 let entry = UsageEntry {
                     disk: disk.clone(),
                     snap: snap.clone(),
-                    bytes: most,
+                    bytes,
                     alive: true,
                 };
                 record.push((key, entry));
             }
         }
         self.usage.extend(record);
+    }
+
+    /// The error for a snapshot `r` that is not there: no such snapshot of
+    /// a disk that has snapshots or exists, else no such disk.
+    pub fn no_such_snapshot(&self, r: &SnapshotRef) -> StoreError {
+        if self.disks.contains_key(&r.disk) || self.snapshots.contains_key(&r.disk) {
+            StoreError::NoSuchSnapshot(r.clone())
+        } else {
+            StoreError::NoSuchDisk(r.disk.clone())
+        }
     }
 
     /// The disk's snapshots in the order they were taken.

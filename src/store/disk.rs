@@ -157,6 +157,23 @@ impl Disk {
         self.writers.load(Ordering::Relaxed)
     }
 
+    /// Refuses `what` (rollback, delete) while a handle may write, unless
+    /// `force`.
+    pub(crate) fn refuse_if_written(&self, what: &str, force: bool) -> Result<()> {
+        let n = self.writers();
+        if n == 0 || force {
+            return Ok(());
+        }
+        Err(StoreError::Refused(format!(
+            "disk '{}' is open for writing ({n} handle{} in the mount, a loop device or a VM, \
+             say); close {} first (unmount what is mounted from it), or add --force to {what} it \
+             anyway: the writer then sees its disk change under it, as if swapped while running",
+            self.name(),
+            if n == 1 { "" } else { "s" },
+            if n == 1 { "it" } else { "them" },
+        )))
+    }
+
     fn check_range(&self, offset: u64, len: u64) -> Result<u64> {
         let size = self.geo().size;
         offset

@@ -126,7 +126,9 @@ pub struct DiskInfo {
     pub snapshots: u64,
     /// Bytes the live layer and the disk's snapshots occupy.
     pub used_bytes: u64,
-    /// Bytes the live layer alone occupies (what `du live.img` shows).
+    /// Bytes the disk holds that none of its snapshots does: its live layer
+    /// and the layers of deleted snapshots only it still reads (what `du
+    /// live.img` shows).
     pub live_bytes: u64,
     /// Unix nanoseconds.
     pub created: u64,
@@ -184,6 +186,12 @@ pub enum Event {
         disk: DiskName,
         id: LayerId,
     },
+    /// A snapshot was taken: what the disk's live image stores (its `du`)
+    /// changed; its bytes did not.
+    SnapshotTaken {
+        disk: DiskName,
+        layer: LayerId,
+    },
 }
 
 /// Hears of every change, once it is durable.
@@ -225,6 +233,49 @@ struct CatalogState {
     /// Which snapshot names each layer: how the mount finds an image by its
     /// identity, at any number of snapshots. Follows `cat`.
     by_layer: HashMap<LayerId, (DiskName, SnapName)>,
+    /// How many children each layer has. Follows `cat`.
+    kids: HashMap<LayerId, u32>,
+}
+
+impl CatalogState {
+    /// The layers of deleted snapshots that only the live layer `live`
+    /// reads (what it holds that no remaining snapshot does, besides its
+    /// own): its parent while that is hidden with no other child, and so
+    /// on down.
+    fn held_below(&self, live: LayerId) -> Vec<LayerId> {
+        let mut out = vec![];
+        let mut cur = live;
+        while let Some(p) = self.cat.layers.get(&cur).and_then(|l| l.parent) {
+            let frozen = self.cat.layers.get(&p).is_some_and(|l| l.frozen.is_some());
+            let hidden = frozen && !self.by_layer.contains_key(&p);
+            if !hidden || self.kids.get(&p) != Some(&1) {
+                break;
+            }
+            out.push(p);
+            cur = p;
+        }
+        out
+    }
+
+    /// Bytes the frozen layers `layers` store, as the catalog records.
+    fn stored(&self, layers: &[LayerId]) -> u64 {
+        layers
+            .iter()
+            .filter_map(|l| self.cat.layers.get(l)?.frozen)
+            .map(|f| f.stored_bytes)
+            .sum()
+    }
+}
+
+/// How many children each layer of `cat` has.
+fn count_kids(cat: &Catalog) -> HashMap<LayerId, u32> {
+    let mut out = HashMap::new();
+    for l in cat.layers.values() {
+        if let Some(p) = l.parent {
+            *out.entry(p).or_default() += 1;
+        }
+    }
+    out
 }
 
 /// Which snapshot names each layer of `cat`.
@@ -522,6 +573,7 @@ impl Repository {
                 _lock: lock,
                 catalog: Mutex::new(CatalogState {
                     by_layer: index_by_layer(&cat),
+                    kids: count_kids(&cat),
                     cat,
                     file,
                     latch: None,
@@ -621,6 +673,9 @@ impl Repository {
         }
         if next.snapshots != state.cat.snapshots {
             state.by_layer = index_by_layer(&next);
+        }
+        if next.layers != state.cat.layers {
+            state.kids = count_kids(&next);
         }
         state.cat = next;
         if state.file.wants_compaction() {
@@ -727,7 +782,7 @@ impl Repository {
     }
 
     pub fn disk_info(&self, name: &DiskName) -> Result<DiskInfo> {
-        let (rec, snaps_bytes, count) = {
+        let (rec, snaps_bytes, count, held) = {
             let state = self.inner.catalog.lock();
             let cat = &state.cat;
             let rec = cat
@@ -736,12 +791,9 @@ impl Repository {
                 .cloned()
                 .ok_or_else(|| StoreError::NoSuchDisk(name.clone()))?;
             let snaps = cat.snapshots_of(name);
-            let bytes: u64 = snaps
-                .iter()
-                .filter_map(|(_, s)| cat.layers.get(&s.layer)?.frozen)
-                .map(|f| f.stored_bytes)
-                .sum();
-            (rec, bytes, snaps.len() as u64)
+            let layers: Vec<LayerId> = snaps.iter().map(|(_, s)| s.layer).collect();
+            let held = state.stored(&state.held_below(rec.live));
+            (rec, state.stored(&layers), snaps.len() as u64, held)
         };
         let open = self.inner.disks.lock().get(name).cloned();
         let live = match open {
@@ -755,6 +807,9 @@ impl Repository {
                     .map_err(StoreError::io(&p))?
             }
         };
+        // What it holds that no remaining snapshot does: its live layer, and
+        // the layers of deleted snapshots only it still reads.
+        let live = live + held;
         Ok(DiskInfo {
             name: name.to_string(),
             size: rec.size,
@@ -909,7 +964,7 @@ impl Repository {
             .snapshots
             .get(&r.disk)
             .and_then(|m| m.get(&r.snap))
-            .ok_or_else(|| StoreError::NoSuchSnapshot(r.clone()))?;
+            .ok_or_else(|| state.cat.no_such_snapshot(r))?;
         Ok(snapshot_info(&state.cat, &r.disk, &r.snap, rec))
     }
 
@@ -920,6 +975,11 @@ impl Repository {
         let (d, s) = state.by_layer.get(&layer)?;
         let r = state.cat.snapshots.get(d)?.get(s)?;
         Some(snapshot_info(&state.cat, d, s, r))
+    }
+
+    /// See [`CatalogState::held_below`].
+    pub(crate) fn held_below(&self, live: LayerId) -> Vec<LayerId> {
+        self.inner.catalog.lock().held_below(live)
     }
 
     /// Whether the image of `layer` reads through a layer no snapshot names

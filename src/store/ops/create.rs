@@ -65,22 +65,7 @@ impl Repository {
         parent: Option<LayerId>,
         fill: impl FnOnce(&mut LiveLayer) -> Result<()>,
     ) -> Result<DiskInfo> {
-        let name_free = |cat: &catalog::Catalog| {
-            if cat.disks.contains_key(name) {
-                return Err(StoreError::DiskExists(name.clone()));
-            }
-            if let Some(left) = cat.snapshots.get(name) {
-                let n = left.len();
-                return Err(StoreError::Refused(format!(
-                    "disk '{name}' was deleted, but {n} snapshot{} of it remain{} under its \
-                     name; delete {} or choose another name",
-                    if n == 1 { "" } else { "s" },
-                    if n == 1 { "s" } else { "" },
-                    if n == 1 { "it" } else { "them" },
-                )));
-            }
-            Ok(())
-        };
+        let name_free = |cat: &catalog::Catalog| name_free(cat, name);
         name_free(&self.inner.catalog.lock().cat)?;
         let (ids, (), made, intent) =
             self.intend(format!("create disk {name}"), 1, |cat, ids| {
@@ -161,4 +146,23 @@ impl Repository {
             Err(CommitError::Unknown(e)) => Err(e),
         }
     }
+}
+
+/// Whether a disk may take `name`: no disk has it, and no deleted disk's
+/// snapshots are listed under it.
+pub(crate) fn name_free(cat: &catalog::Catalog, name: &DiskName) -> Result<()> {
+    if cat.disks.contains_key(name) {
+        return Err(StoreError::DiskExists(name.clone()));
+    }
+    if let Some(left) = cat.snapshots.get(name) {
+        let n = left.len();
+        return Err(StoreError::Refused(format!(
+            "disk '{name}' was deleted, but {n} snapshot{} of it remain{} under its name; delete \
+             {} or choose another name",
+            if n == 1 { "" } else { "s" },
+            if n == 1 { "s" } else { "" },
+            if n == 1 { "it" } else { "them" },
+        )));
+    }
+    Ok(())
 }

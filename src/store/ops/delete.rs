@@ -22,6 +22,9 @@ pub struct DeleteReport {
     /// Layers of deleted snapshots still open (being read); their space is
     /// given back once they are closed (`strata gc`).
     pub waiting: u64,
+    /// For a disk delete: its snapshots, which stay.
+    #[serde(default)]
+    pub kept_snapshots: u64,
     /// The delete is done, but giving space back stopped short, and why
     /// (`strata gc` finishes it).
     pub unfinished: Option<String>,
@@ -47,7 +50,7 @@ impl Repository {
                             Some(rec) => gone.push((r.clone(), rec.layer)),
                             // The same one named twice is deleted once.
                             None if gone.iter().any(|(g, _)| g == r) => {}
-                            None => return Err(StoreError::NoSuchSnapshot(r.clone())),
+                            None => return Err(cat.no_such_snapshot(r)),
                         }
                         if cat.snapshots.get(&r.disk).is_some_and(|m| m.is_empty()) {
                             cat.snapshots.remove(&r.disk);
@@ -71,6 +74,7 @@ impl Repository {
             deleted: gone.len() as u64,
             freed_bytes: t.freed_bytes,
             waiting: t.waiting,
+            kept_snapshots: 0,
             unfinished: t.unfinished,
         })
     }
@@ -93,13 +97,7 @@ impl Repository {
                 .cloned()
                 .ok_or_else(|| StoreError::NoSuchDisk(name.clone()))?;
             if let Some(d) = &disk {
-                if d.writers() > 0 && !force {
-                    return Err(StoreError::Refused(format!(
-                        "disk '{name}' is open for writing ({} handles in the mount); close \
-                         them, or add --force to delete it anyway (their writes are then lost)",
-                        d.writers()
-                    )));
-                }
+                d.refuse_if_written("delete", force)?;
             }
             let _snaps = disk.as_ref().map(|d| d.lock_snapshots());
             let freed_live = self.allocated(&self.catalog(), &[rec.live]);
@@ -144,10 +142,12 @@ impl Repository {
             }
             self.emit(Event::DiskGone { disk: name.clone() });
             let t = self.tidy_after();
+            let kept = self.snapshots(name).map_or(0, |s| s.len() as u64);
             return Ok(DeleteReport {
                 deleted: 1,
                 freed_bytes: t.freed_bytes + freed_live,
                 waiting: t.waiting,
+                kept_snapshots: kept,
                 unfinished: t.unfinished,
             });
         }

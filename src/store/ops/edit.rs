@@ -18,14 +18,8 @@ impl Repository {
     /// `force`.
     pub fn rollback(&self, r: &SnapshotRef, force: bool) -> Result<DiskInfo> {
         let disk = self.disk(&r.disk)?;
-        if disk.writers() > 0 && !force {
-            return Err(StoreError::Refused(format!(
-                "disk '{}' is open for writing ({} handles in the mount); close them, or add \
-                 --force to roll it back anyway (their writes are then lost)",
-                r.disk,
-                disk.writers()
-            )));
-        }
+        self.snapshot_info(r)?;
+        disk.refuse_if_written("roll back", force)?;
         disk.check_latch()?;
         let _snaps = disk.lock_snapshots();
         let _s = self.inner.structure.lock();
@@ -131,8 +125,9 @@ impl Repository {
         let current = disk.size();
         if size < current {
             return Err(StoreError::Refused(format!(
-                "disk '{name}' is {current} bytes; a disk only grows (shrinking would cut off \
-                 what its file systems may use)"
+                "disk '{name}' is {}; a disk only grows (shrinking would cut off what its file \
+                 systems may use)",
+                crate::units::format_size(current)
             )));
         }
         if size == current {
@@ -179,10 +174,8 @@ impl Repository {
         let _s = self.inner.structure.lock();
         let layer = self
             .commit(|cat| {
-                let m = cat
-                    .snapshots
-                    .get_mut(&r.disk)
-                    .ok_or_else(|| StoreError::NoSuchSnapshot(r.clone()))?;
+                let missing = cat.no_such_snapshot(r);
+                let m = cat.snapshots.get_mut(&r.disk).ok_or(missing)?;
                 if m.contains_key(to) {
                     return Err(StoreError::SnapshotExists(SnapshotRef {
                         disk: r.disk.clone(),
@@ -213,9 +206,7 @@ impl Repository {
         // between would be a second instance of the same live layer.
         let mut disks = self.inner.disks.lock();
         self.commit(|cat| {
-            if cat.disks.contains_key(to) || cat.snapshots.contains_key(to) {
-                return Err(StoreError::DiskExists(to.clone()));
-            }
+            super::create::name_free(cat, to)?;
             let d = cat
                 .disks
                 .remove(from)

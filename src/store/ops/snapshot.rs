@@ -11,13 +11,16 @@ use crate::store::extents::ExtentSet;
 use crate::store::format::{self, LayerFileKind};
 use crate::store::image::ImageRead;
 use crate::store::journal::Journal;
-use crate::store::layer::{self, FrozenIndex, Geometry, LiveLayer};
+use crate::store::layer::{self, is_zero, FrozenIndex, Geometry, LiveLayer};
 use crate::store::names::{DiskName, LayerId, SnapName, SnapshotRef};
 use crate::store::{
     default_snapshot_name, now_ns, Event, Repository, SnapshotInfo, PRESYNC_SETTLED,
 };
 
 use super::tidy::geometry;
+
+/// The unit a full copy leaves as a hole when it is all zeros.
+const PAGE: usize = 4096;
 
 /// Called around a snapshot's critical section: how `--freeze` freezes a
 /// file system for exactly as long as the disks are held still.
@@ -213,7 +216,12 @@ impl Repository {
                     ))
                 })?;
             }
-            infos.push(self.snapshot_info(&r)?);
+            let info = self.snapshot_info(&r)?;
+            self.emit(Event::SnapshotTaken {
+                disk: r.disk,
+                layer: info.layer,
+            });
+            infos.push(info);
         }
         Ok(infos)
     }
@@ -519,7 +527,24 @@ impl Repository {
                     let len = (bytes.end - bytes.start) as usize;
                     file.read_exact_at(&mut buf[..len], bytes.start)
                         .map_err(StoreError::io(&path))?;
-                    own.write_all_at(&buf[..len], bytes.start).map_err(io)?;
+                    // Pages of zeros stay holes: the copy stores what the
+                    // image uses, as a sparse copy of it would.
+                    let mut page = 0;
+                    while page < len {
+                        let nonzero = |p: usize| !is_zero(&buf[p..(p + PAGE).min(len)]);
+                        if !nonzero(page) {
+                            page += PAGE;
+                            continue;
+                        }
+                        let mut end = page;
+                        while end < len && nonzero(end) {
+                            end += PAGE;
+                        }
+                        let end = end.min(len);
+                        own.write_all_at(&buf[page..end], bytes.start + page as u64)
+                            .map_err(io)?;
+                        page = end;
+                    }
                     b += n;
                 }
                 copied.insert(part);

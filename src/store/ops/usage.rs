@@ -38,7 +38,8 @@ pub struct DiskUsage {
     pub live: bool,
     /// Provisioned size (0 for a deleted disk).
     pub size: u64,
-    /// Bytes its live layer stores (what changed since its last snapshot).
+    /// Bytes it holds that none of its snapshots does (what changed since
+    /// its last remaining snapshot): its `du live.img`.
     pub live_bytes: u64,
     /// Bytes its live layer and its snapshots store.
     pub used_bytes: u64,
@@ -50,11 +51,12 @@ pub struct DiskUsage {
 pub struct UsageReport {
     pub disks: Vec<DiskUsage>,
     pub provisioned_bytes: u64,
-    /// Bytes all data files occupy.
+    /// Bytes all data files occupy (for a report of one disk: what that
+    /// disk's live layer and snapshots occupy).
     pub used_bytes: u64,
-    /// Bytes kept for deleted snapshots that other images still read
-    /// (layers where disks made from snapshots branch off, or under a live
-    /// disk until its next snapshot).
+    /// Bytes kept for deleted snapshots that several images still read
+    /// (where disks made from snapshots branch off); what only one live
+    /// disk reads counts in its `live_bytes`. 0 in a report of one disk.
     pub shared_bytes: u64,
     /// Layers in the tree: one per snapshot and per live disk, and those of
     /// deleted snapshots that other images still read through.
@@ -115,11 +117,20 @@ impl Repository {
             shared_bytes: 0,
             layers: cat.layers.len() as u64,
         };
-        for &id in cat.layers.keys() {
-            let bytes = self.allocated(&cat, &[id]);
-            report.used_bytes += bytes;
-            if !named.contains(&id) {
-                report.shared_bytes += bytes;
+        // Layers of deleted snapshots that only one live disk reads count
+        // as that disk's; the rest of them are shared.
+        let mut held: BTreeMap<LayerId, Vec<LayerId>> = BTreeMap::new();
+        for d in cat.disks.values() {
+            held.insert(d.live, self.held_below(d.live));
+        }
+        let attributed: BTreeSet<LayerId> = held.values().flatten().copied().collect();
+        if disk.is_none() {
+            for &id in cat.layers.keys() {
+                let bytes = self.allocated(&cat, &[id]);
+                report.used_bytes += bytes;
+                if !named.contains(&id) && !attributed.contains(&id) {
+                    report.shared_bytes += bytes;
+                }
             }
         }
         let nodes = self.nodes(&cat)?;
@@ -129,7 +140,11 @@ impl Repository {
                 continue;
             }
             let rec = cat.disks.get(&name);
-            let live_bytes = rec.map_or(0, |d| self.allocated(&cat, &[d.live]));
+            let live_bytes = rec.map_or(0, |d| {
+                let mut layers = vec![d.live];
+                layers.extend(held.get(&d.live).into_iter().flatten());
+                self.allocated(&cat, &layers)
+            });
             let mut u = DiskUsage {
                 name: name.to_string(),
                 live: rec.is_some(),
@@ -141,26 +156,46 @@ impl Repository {
             report.provisioned_bytes += u.size;
             for (snap, r) in cat.snapshots_of(&name) {
                 let stored = self.allocated(&cat, &[r.layer]);
-                let map = self.frozen_map(r.layer)?;
-                let bs = geometry(&cat, r.layer).block_size as u64;
-                let image_blocks: u64 = map
-                    .map
-                    .runs()
-                    .filter(|(_, o)| !o.zero)
-                    .map(|(r, _)| r.end - r.start)
-                    .sum();
                 u.used_bytes += stored;
                 u.snapshots.push(SnapshotUsage {
                     name: snap.to_string(),
                     taken: r.taken,
                     stored_bytes: stored,
                     reclaimable_bytes: reclaimable(&nodes, &children, r.layer).min(stored),
-                    image_bytes: image_blocks * bs,
+                    image_bytes: self.image_bytes(&cat, r.layer)?,
                 });
+            }
+            if disk.is_some() {
+                report.used_bytes += u.used_bytes;
             }
             report.disks.push(u);
         }
         Ok(report)
+    }
+
+    /// The used size of the image of frozen layer `top`: the bytes its data
+    /// blocks occupy where they live (what a sparse copy of it stores).
+    fn image_bytes(&self, cat: &Catalog, top: LayerId) -> Result<u64> {
+        let map = self.frozen_map(top)?;
+        let bs = geometry(cat, top).block_size as u64;
+        let mut total = 0;
+        for (run, owner) in map.map.runs().filter(|(_, o)| !o.zero) {
+            let file = self.inner.files.get(owner.layer)?;
+            let path = self.inner.paths.data(owner.layer);
+            let io = |e| StoreError::io(&path)(e);
+            let (mut pos, end) = (run.start * bs, run.end * bs);
+            while pos < end {
+                match file.seek_data(pos).map_err(io)? {
+                    Some(d) if d < end => {
+                        let h = file.seek_hole(d).map_err(io)?.min(end);
+                        total += h - d;
+                        pos = h.max(d + 1);
+                    }
+                    _ => break,
+                }
+            }
+        }
+        Ok(total)
     }
 
     /// Every layer, as the simulation of a delete needs it.
@@ -205,10 +240,23 @@ impl Repository {
     /// day of the history to today).
     pub fn daily_usage(&self, from: Option<u32>, to: Option<u32>) -> Result<DailyUsage> {
         let cat = self.catalog();
-        let first = cat.usage.keys().map(|(_, d)| *d).min().unwrap_or(today());
-        let (from, to) = (from.unwrap_or(first), to.unwrap_or(today()));
+        let today = today();
+        let first = cat.usage.keys().map(|(_, d)| *d).min().unwrap_or(today);
+        // Days to come have no usage yet: the report stops at today.
+        let (from, to) = (from.unwrap_or(first), to.unwrap_or(today).min(today));
         if from > to {
-            return Err(StoreError::invalid("date range", "--from is after --to"));
+            return Err(StoreError::invalid(
+                "date range",
+                if from > today {
+                    format!(
+                        "--from {} is after today ({})",
+                        date_of_day(from),
+                        date_of_day(today)
+                    )
+                } else {
+                    "--from is after --to".to_string()
+                },
+            ));
         }
         let mut layers: BTreeSet<LayerId> = BTreeSet::new();
         layers.extend(cat.usage.keys().map(|(l, _)| *l));
@@ -226,10 +274,13 @@ impl Repository {
                 gib_months: 0.0,
             };
             for &l in &layers {
-                let Some((&(_, at), e)) = cat.usage.range((l, 0)..=(l, day)).next_back() else {
+                // As the day ended (today: as it is now). A snapshot deleted
+                // that day does not count: what other images still read of
+                // it counts in theirs.
+                let Some((_, e)) = cat.usage.range((l, 0)..=(l, day)).next_back() else {
                     continue;
                 };
-                if at != day && !e.alive {
+                if !e.alive {
                     continue;
                 }
                 let gm = e.bytes as f64 / (1u64 << 30) as f64 / month_days;
