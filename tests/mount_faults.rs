@@ -1,8 +1,9 @@
 //! A full host file system, for real: repositories on a small tmpfs, the
 //! mount used with real tools (`dd`, `fallocate`, `cmp`) until writes fail
 //! with ENOSPC. What was fsync'ed survives; nothing is acknowledged after
-//! the failure until a remount; and a snapshot reads the same through
-//! FUSE passthrough, through the daemon and through `export`.
+//! the failure until a remount; a snapshot reads the same through
+//! FUSE passthrough, through the daemon and through `export`; and deleting
+//! and gc still work with no byte free.
 
 mod common;
 
@@ -208,4 +209,66 @@ fn after_enospc_a_snapshot_reads_the_same_through_every_path() {
         live.display(),
         live_out.display()
     ));
+}
+
+/// Deleting and gc on a host file system with no byte left: they commit
+/// in the space the repository keeps in reserve, give their blocks back,
+/// and every remaining image reads the same.
+#[test]
+fn delete_and_gc_work_when_the_host_is_full() {
+    if !fuse_available() {
+        return;
+    }
+    let top = tempfile::tempdir().unwrap();
+    let fs_ = Tmpfs::mount(top.path().join("fs"), 96);
+    let m = mounted_on(&fs_, &[&["t1", "--size", "1G"]]);
+    let live = m.live("t1");
+    pwrite_fsync(&live, 0, &random(8 << 20, 6)).unwrap();
+    strata_ok(&m.repo, &["snapshot", "create", "t1", "--name", "old"]);
+    let b = random(8 << 20, 7);
+    pwrite_fsync(&live, 0, &b).unwrap();
+    strata_ok(&m.repo, &["snapshot", "create", "t1", "--name", "new"]);
+    let c = random(1 << 20, 8);
+    pwrite_fsync(&live, 32 << 20, &c).unwrap();
+
+    let filler = fs_.fill(0);
+    let avail = |p: &Path| {
+        let s = strata::sys::statvfs(p).unwrap();
+        s.bavail * s.bsize as u64
+    };
+    assert!(avail(&fs_.dir) < 64 << 10, "the tmpfs is not full");
+    // The live disk cannot take a new block now.
+    assert!(pwrite_fsync(&live, 64 << 20, &random(1 << 20, 9)).is_err());
+
+    let out = strata(&m.repo, &["snapshot", "delete", "t1@old"]);
+    assert!(
+        out.status.success(),
+        "delete on a full host: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        avail(&fs_.dir) >= 7 << 20,
+        "the delete gave back {} bytes of the old snapshot's 8 MiB",
+        avail(&fs_.dir)
+    );
+    let out = strata(&m.repo, &["gc"]);
+    assert!(
+        out.status.success(),
+        "gc on a full host: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!m.snap("t1", "old").exists());
+    assert!(read_range(&m.snap("t1", "new"), 0, 8 << 20) == b);
+    let log = fs::read_to_string(m.repo.join("daemon.log")).unwrap();
+    assert!(
+        log.contains("using the space kept in reserve"),
+        "the delete did not need the reserve, so this test shows nothing:\n{log}"
+    );
+    fs::remove_file(filler).unwrap();
+    // What was fsync'ed before the host filled reads back after a remount.
+    let mut m = m;
+    kill_and_remount(&mut m);
+    assert!(read_range(&m.snap("t1", "new"), 0, 8 << 20) == b);
+    assert!(read_range(&live, 32 << 20, 1 << 20) == c);
+    assert!(read_range(&live, 0, 8 << 20) == b);
 }
