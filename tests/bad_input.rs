@@ -282,9 +282,9 @@ fn set_header_field(at: usize, value: u32) -> impl Fn(&mut Vec<u8>) {
 fn a_newer_format_is_refused_by_name() {
     damaged(
         "strata.repo",
-        set_header_field(8, 3),
+        set_header_field(8, 4),
         &["disk", "list"],
-        "written by a newer strata (format version 3; this build reads up to 2)",
+        "written by a newer strata (format version 4; this build reads up to 3)",
     );
     damaged(
         "catalog",

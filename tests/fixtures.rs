@@ -141,6 +141,15 @@ fn check_images(root: &Path, what: &str) {
             assert!(pos > d, "{what}: {image}: seek_hole({d}) = {pos}");
         }
         assert!(bytes[pos as usize..].iter().all(|&b| b == 0));
+        // A snapshot's identity, from block hashes (computed now for a
+        // layer an older version froze), is that of its bytes.
+        if let ImageRef::Snapshot(s) = &r {
+            assert_eq!(
+                repo.identity(s).unwrap(),
+                strata::store::identity::Identity::of_bytes(&bytes),
+                "{what}: identity of {image}"
+            );
+        }
     }
 }
 

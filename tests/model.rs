@@ -10,8 +10,9 @@
 use std::collections::BTreeMap;
 
 use proptest::prelude::*;
+use strata::store::identity::Identity;
 use strata::store::{
-    DiskName, ImageRead, Repository, SnapName, Snapshot, SnapshotOptions, SnapshotRef,
+    DiskName, ImageRead, ImageRef, Repository, SnapName, Snapshot, SnapshotOptions, SnapshotRef,
 };
 
 /// Which disk or snapshot an op acts on: an index into the current ones,
@@ -395,6 +396,12 @@ fn check(repo: &Repository, m: &Model, held: &[(Snapshot, Vec<u8>)], step: usize
             &format!("{r} after step {step}"),
             step as u64 * 7919,
         );
+        // Its identity, from block hashes, is that of its bytes.
+        assert_eq!(
+            repo.identity(&r).unwrap(),
+            Identity::of_bytes(image),
+            "identity of {r} after step {step}"
+        );
         // A snapshot the kernel would read straight from one layer file
         // (FUSE passthrough) must read the same from it.
         if let Some(file) = img.flat_file() {
@@ -413,6 +420,57 @@ fn check(repo: &Repository, m: &Model, held: &[(Snapshot, Vec<u8>)], step: usize
             &format!("held image {i} after step {step}"),
             step as u64 * 31,
         );
+    }
+    check_diffs(repo, m, step);
+}
+
+/// `diff` is sound: the ranges it gives, read from the second image and
+/// written onto a copy of the first made the second's size, give the
+/// second image; an image differs from itself nowhere. Each image is
+/// diffed against an empty disk, itself, and two others (the pairs rotate
+/// with the step, so every pair comes up over a run).
+fn check_diffs(repo: &Repository, m: &Model, step: usize) {
+    let mut images: Vec<(ImageRef, &Vec<u8>)> = m
+        .live
+        .iter()
+        .map(|(d, c)| (ImageRef::Live(d.clone()), c))
+        .collect();
+    for ((disk, snap), c) in &m.snaps {
+        let r = SnapshotRef {
+            disk: disk.clone(),
+            snap: snap.clone(),
+        };
+        images.push((ImageRef::Snapshot(r), c));
+    }
+    let n = images.len();
+    for (i, (to, want)) in images.iter().enumerate() {
+        let froms = [
+            None,
+            Some(i),
+            Some((i + step) % n),
+            Some((i + 3 * step + 1) % n),
+        ];
+        for from in froms {
+            let (from_ref, base) = match from {
+                Some(j) => (Some(&images[j].0), images[j].1.clone()),
+                None => (None, vec![]),
+            };
+            let d = repo.diff(from_ref, to).unwrap();
+            let ranges = d.ranges();
+            if from == Some(i) {
+                assert!(ranges.is_empty(), "{to} differs from itself: {ranges:?}");
+            }
+            let mut got = base;
+            got.resize(want.len(), 0);
+            for (off, len) in ranges {
+                let r = off as usize..(off + len) as usize;
+                got[r.clone()].copy_from_slice(&want[r]);
+            }
+            assert!(
+                got == **want,
+                "after step {step}: {from_ref:?} + diff ranges != {to}"
+            );
+        }
     }
 }
 

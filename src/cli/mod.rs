@@ -3,6 +3,7 @@
 //! Exit status: 0 on success, 1 when the request is refused (the message
 //! says why), 2 on bad usage (clap's own errors, bad names and sizes).
 
+mod diff;
 mod disk;
 mod export;
 mod gc;
@@ -59,6 +60,8 @@ enum Command {
     Snapshot(snapshot::SnapshotCommand),
     /// Write a full raw image of a disk or snapshot to a file
     Export(export::ExportArgs),
+    /// The byte ranges that may differ between two snapshots or disks
+    Diff(diff::DiffArgs),
     /// Delete a disk's snapshots that a retention policy does not keep
     Prune(prune::PruneArgs),
     /// What each disk and snapshot stores, and what deleting would give back
@@ -170,6 +173,7 @@ fn run(cli: Cli) -> CmdResult {
         Command::Disk(c) => disk::run(&repo_path, c),
         Command::Snapshot(c) => snapshot::run(&repo_path, c),
         Command::Export(a) => export::run(&repo_path, a),
+        Command::Diff(a) => diff::run(&repo_path, a),
         Command::Quarantine(c) => quarantine::run(&repo_path, c),
         Command::Prune(a) => prune::run(&repo_path, a),
         Command::Usage(a) => usage::run(&repo_path, a),

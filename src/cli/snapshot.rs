@@ -1,4 +1,4 @@
-//! `strata snapshot create|list|delete|full|rename`
+//! `strata snapshot create|list|delete|full|id|rename`
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -42,6 +42,18 @@ strata snapshot delete vm1@a vm1@b vm2@a     # all of them, or none if one does 
     /// what it stores becomes its whole image's used size.
     #[command(after_help = "Example:\n  strata snapshot full vm1@2026-11-01T00-00-00Z")]
     Full(FullArgs),
+    /// Print a snapshot's content identity
+    ///
+    /// A hash tree (BLAKE3) over the image's bytes in 4 KiB leaves, and its
+    /// size: two snapshots have the same identity exactly when they have
+    /// the same bytes, whatever their history, disk or block size. It is
+    /// computed from the hashes the snapshot's layers keep for each block,
+    /// without reading the image, so it proves a copy (a received
+    /// snapshot, an export taken in) identical without reading both.
+    #[command(after_help = "Examples:\n  \
+strata snapshot id vm1@nightly\n  \
+[ \"$(strata snapshot id vm1@nightly)\" = \"$(strata --repo /backup snapshot id vm1@nightly)\" ] && echo same")]
+    Id(IdArgs),
     /// Rename a snapshot (its image stays the same file in the mount)
     #[command(
         after_help = "Example:\n  strata snapshot rename vm1@2026-11-22T14-05-00Z before-upgrade"
@@ -72,7 +84,7 @@ pub struct ListArgs {
     /// A disk, or a deleted disk whose snapshots remain
     #[arg(value_parser = parse_disk_name)]
     disk: DiskName,
-    /// Print JSON instead of a table
+    /// Print JSON instead of a table (with each snapshot's content identity)
     #[arg(long)]
     json: bool,
 }
@@ -86,6 +98,13 @@ pub struct DeleteArgs {
 
 #[derive(Args)]
 pub struct FullArgs {
+    /// The snapshot, as DISK@SNAP
+    #[arg(value_parser = parse_snapshot_ref, value_name = "DISK@SNAP")]
+    snapshot: SnapshotRef,
+}
+
+#[derive(Args)]
+pub struct IdArgs {
     /// The snapshot, as DISK@SNAP
     #[arg(value_parser = parse_snapshot_ref, value_name = "DISK@SNAP")]
     snapshot: SnapshotRef,
@@ -145,7 +164,11 @@ pub fn run(repo: &Path, cmd: SnapshotCommand) -> CmdResult {
             }
         }
         SnapshotCommand::List(a) => {
-            let snaps = match target.call(Request::SnapshotList { disk: a.disk }, &mut |_, _| {})? {
+            let req = Request::SnapshotList {
+                disk: a.disk,
+                identities: a.json,
+            };
+            let snaps = match target.call(req, &mut |_, _| {})? {
                 Response::Snapshots(s) => s,
                 r => return Err(unexpected(r)),
             };
@@ -206,6 +229,15 @@ pub fn run(repo: &Path, cmd: SnapshotCommand) -> CmdResult {
                 a.snapshot,
                 format_size(info.stored_bytes)
             );
+        }
+        SnapshotCommand::Id(a) => {
+            let req = Request::SnapshotId {
+                snapshot: a.snapshot,
+            };
+            match target.call(req, &mut |_, _| {})? {
+                Response::Identity { identity } => println!("{identity}"),
+                r => return Err(unexpected(r)),
+            }
         }
         SnapshotCommand::Rename(a) => {
             let req = Request::SnapshotRename {

@@ -41,7 +41,7 @@ use crate::store::{
 };
 
 /// Bumped whenever [`Request`] or [`Response`] change shape.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 /// Largest message accepted, so a confused peer cannot make us allocate GiBs.
 const MAX_MESSAGE: u32 = 64 << 20;
 
@@ -102,6 +102,11 @@ pub enum Request {
     },
     SnapshotList {
         disk: DiskName,
+        /// Fill in each snapshot's content identity.
+        identities: bool,
+    },
+    SnapshotId {
+        snapshot: SnapshotRef,
     },
     SnapshotDelete {
         snapshots: Vec<SnapshotRef>,
@@ -135,6 +140,12 @@ pub enum Request {
     },
     QuarantineList,
     QuarantinePurge,
+    /// The byte ranges that may differ between two images (`from` absent:
+    /// an empty disk).
+    Diff {
+        from: Option<String>,
+        to: String,
+    },
     /// Only a daemon answers this: flush everything and unmount.
     Unmount,
 }
@@ -166,6 +177,17 @@ pub enum Response {
     Usage(UsageReport),
     Daily(DailyUsage),
     Gc(GcReport),
+    /// A content identity, as 64 hex digits.
+    Identity {
+        identity: String,
+    },
+    Diff {
+        /// Size of the `to` image, and of the `from` image (0: empty).
+        size: u64,
+        from_size: u64,
+        /// `(offset, length)` byte ranges, merged, clipped to `size`.
+        ranges: Vec<(u64, u64)>,
+    },
     /// The request was refused; `usage` marks bad arguments (exit status 2).
     Refused {
         message: String,
@@ -251,7 +273,22 @@ pub fn execute(
                 };
                 Response::Snapshots(repo.snapshot_many(&disks, name, &opts)?)
             }
-            Request::SnapshotList { disk } => Response::Snapshots(repo.snapshots(&disk)?),
+            Request::SnapshotList { disk, identities } => {
+                let mut snaps = repo.snapshots(&disk)?;
+                if identities {
+                    for s in &mut snaps {
+                        let r = SnapshotRef {
+                            disk: disk.clone(),
+                            snap: SnapName::parse(&s.name)?,
+                        };
+                        s.identity = Some(repo.identity(&r)?.to_string());
+                    }
+                }
+                Response::Snapshots(snaps)
+            }
+            Request::SnapshotId { snapshot } => Response::Identity {
+                identity: repo.identity(&snapshot)?.to_string(),
+            },
             Request::SnapshotDelete { snapshots } => {
                 Response::Deleted(repo.delete_snapshots(&snapshots)?)
             }
@@ -282,6 +319,15 @@ pub fn execute(
                 Response::Exported {
                     size: img.size(),
                     stats,
+                }
+            }
+            Request::Diff { from, to } => {
+                let from = from.as_deref().map(ImageRef::parse).transpose()?;
+                let d = repo.diff(from.as_ref(), &ImageRef::parse(&to)?)?;
+                Response::Diff {
+                    size: d.size,
+                    from_size: d.from_size,
+                    ranges: d.ranges(),
                 }
             }
             Request::QuarantineList => Response::Quarantine(repo.quarantine()?),

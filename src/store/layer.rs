@@ -20,6 +20,7 @@ use parking_lot::Mutex;
 use super::error::{Result, StoreError};
 use super::extents::{BlockKind, ExtentSet, PresentMap};
 use super::format::{self, IndexPiece, LayerFileKind, LayerIndex, MAGIC_INDEX};
+use super::identity::{self, Hash};
 use super::names::LayerId;
 use super::storage::{Storage, StorageFile};
 
@@ -180,28 +181,46 @@ impl LayerFiles {
     }
 }
 
+/// What a layer keeps about each data block once it is frozen: a CRC-32C
+/// to check it, and its node of the content-identity tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockSum {
+    pub crc: u32,
+    pub hash: Hash,
+}
+
+impl BlockSum {
+    /// The sums of one block's bytes (only those inside the disk).
+    pub fn of(bytes: &[u8]) -> BlockSum {
+        BlockSum {
+            crc: crc32c::crc32c(bytes),
+            hash: identity::tree(bytes),
+        }
+    }
+}
+
 /// Data blocks of a frozen layer that live in one data file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Piece {
     /// The data file (named by the layer that made it).
     pub file: LayerId,
     pub data: ExtentSet,
-    /// One CRC-32C per block of `data`, once computed.
-    pub checksums: Option<Vec<u32>>,
+    /// One per block of `data`, in block order, once computed.
+    pub sums: Option<Vec<BlockSum>>,
 }
 
 impl Piece {
-    /// This piece without the blocks of `drop`, checksums kept for the rest.
+    /// This piece without the blocks of `drop`, sums kept for the rest.
     fn without(&self, drop: &ExtentSet) -> Piece {
         let data = self.data.difference(drop);
-        let checksums = self.checksums.as_ref().map(|sums| {
+        let sums = self.sums.as_ref().map(|sums| {
             let mut kept = Vec::with_capacity(data.blocks() as usize);
             let mut it = sums.iter();
             for r in self.data.runs() {
                 for b in r {
-                    let sum = it.next().copied().unwrap_or(0);
+                    let Some(sum) = it.next() else { break };
                     if data.contains(b) {
-                        kept.push(sum);
+                        kept.push(*sum);
                     }
                 }
             }
@@ -210,8 +229,13 @@ impl Piece {
         Piece {
             file: self.file,
             data,
-            checksums,
+            sums,
         }
+    }
+
+    /// Each data block with its sum, in block order (none until computed).
+    pub fn block_sums(&self) -> impl Iterator<Item = (u64, &BlockSum)> + '_ {
+        self.data.runs().flatten().zip(self.sums.iter().flatten())
     }
 }
 
@@ -229,7 +253,7 @@ impl FrozenIndex {
             pieces: vec![Piece {
                 file: id,
                 data: ExtentSet::from_extents(present.extents_of(BlockKind::Data)),
-                checksums: None,
+                sums: None,
             }],
             zero: ExtentSet::from_extents(present.extents_of(BlockKind::Zero)),
         }
@@ -313,7 +337,8 @@ impl FrozenIndex {
                 .map(|p| IndexPiece {
                     file: p.file.0,
                     data: p.data.to_extents(),
-                    checksums: p.checksums.clone(),
+                    checksums: p.sums.as_ref().map(|s| s.iter().map(|x| x.crc).collect()),
+                    hashes: p.sums.as_ref().map(|s| s.iter().map(|x| x.hash).collect()),
                 })
                 .collect(),
             zero: self.zero.to_extents(),
@@ -350,7 +375,13 @@ fn check_extents(path: &Path, what: &str, extents: &[(u64, u64)], blocks: u64) -
 /// Reads and checks a frozen layer's index, mending a damaged copy.
 pub fn read_index(files: &LayerFiles, id: LayerId, geo: Geometry) -> Result<FrozenIndex> {
     let path = files.paths().index(id);
-    let idx: LayerIndex = format::read_doc_payload(files.storage(), &path, MAGIC_INDEX)?;
+    let doc = format::read_doc(files.storage(), &path, MAGIC_INDEX)?;
+    let idx: LayerIndex = if doc.version == 2 {
+        format::decode::<format::v2::LayerIndex>(&path, &doc.payload)?.into()
+    } else {
+        format::decode(&path, &doc.payload)?
+    };
+    format::apply_repairs(files.storage(), &path, &doc.repairs)?;
     if idx.repo != files.repo_id() {
         return Err(StoreError::corrupt(
             &path,
@@ -370,17 +401,27 @@ pub fn read_index(files: &LayerFiles, id: LayerId, geo: Geometry) -> Result<Froz
         if !seen.intersection(&data).is_empty() {
             return Err(StoreError::corrupt(&path, "a block is held twice"));
         }
-        if p.checksums.as_ref().is_some_and(|c| c.len() as u64 != n) {
-            return Err(StoreError::corrupt(
-                &path,
-                "checksum count does not match its data blocks",
-            ));
-        }
+        let sums = match (p.checksums, p.hashes) {
+            (Some(c), Some(h)) if c.len() as u64 == n && h.len() as u64 == n => Some(
+                c.into_iter()
+                    .zip(h)
+                    .map(|(crc, hash)| BlockSum { crc, hash })
+                    .collect(),
+            ),
+            // Version 2: checksums without hashes; both are computed again.
+            (_, None) => None,
+            _ => {
+                return Err(StoreError::corrupt(
+                    &path,
+                    "checksum count does not match its data blocks",
+                ))
+            }
+        };
         seen.union_with(&data);
         pieces.push(Piece {
             file: LayerId(p.file),
             data,
-            checksums: p.checksums,
+            sums,
         });
     }
     Ok(FrozenIndex {
@@ -429,8 +470,8 @@ pub fn replace_index(
     format::write_atomic(files.storage(), &files.paths().tmp, &path, &bytes)
 }
 
-/// CRC-32C of every data block of a piece, in block order.
-pub fn compute_checksums(files: &LayerFiles, geo: Geometry, piece: &Piece) -> Result<Vec<u32>> {
+/// The sums of every data block of a piece, in block order.
+pub fn compute_sums(files: &LayerFiles, geo: Geometry, piece: &Piece) -> Result<Vec<BlockSum>> {
     let file = files.get(piece.file)?;
     let path = files.paths().data(piece.file);
     let bs = geo.block_size as u64;
@@ -445,7 +486,7 @@ pub fn compute_checksums(files: &LayerFiles, geo: Geometry, piece: &Piece) -> Re
             let len = (bytes.end - bytes.start) as usize;
             file.read_exact_at(&mut buf[..len], bytes.start)
                 .map_err(StoreError::io(&path))?;
-            sums.extend(buf[..len].chunks(bs as usize).map(crc32c::crc32c));
+            sums.extend(buf[..len].chunks(bs as usize).map(BlockSum::of));
             b += n;
         }
     }

@@ -63,6 +63,7 @@ pub mod error;
 pub mod export;
 pub mod extents;
 pub mod format;
+pub mod identity;
 pub mod image;
 pub mod import;
 pub mod journal;
@@ -152,6 +153,8 @@ pub struct SnapshotInfo {
     pub block_size: u32,
     /// Needs no other snapshot: reads nothing from an older layer.
     pub full: bool,
+    /// Its content identity (64 hex digits), when it was asked for.
+    pub identity: Option<String>,
     #[serde(skip)]
     pub layer: LayerId,
 }
@@ -211,6 +214,9 @@ struct Inner {
     files: Arc<LayerFiles>,
     disks: Mutex<HashMap<DiskName, Arc<Disk>>>,
     maps: Mutex<LruCache<LayerId, Arc<ImageMap>>>,
+    /// Content identities computed so far, by the frozen layer whose image
+    /// they are (that image never changes).
+    identities: Mutex<HashMap<LayerId, identity::Identity>>,
     /// Held by everything that changes the shape of the layer tree.
     structure: Mutex<()>,
     views: Arc<Views>,
@@ -544,6 +550,11 @@ impl Repository {
         // Refusals come first: until here nothing was written.
         let reconciled = recovery::reconcile(st, root, &paths, &cat)?;
         format::apply_repairs(st, &repo_file, &doc.repairs)?;
+        if doc.version < format::FORMAT_VERSION {
+            // Version 2 files read as they are (format::v2): only the
+            // header says the repository is now newer.
+            upgrade::header(st, &paths.tmp, &repo_file, doc.version, &header)?;
+        }
         file.settle()?;
         if !cat.intents.is_empty() {
             let mut next = cat.clone();
@@ -580,6 +591,7 @@ impl Repository {
                 }),
                 files: Arc::new(files),
                 disks: Mutex::new(HashMap::new()),
+                identities: Mutex::new(HashMap::new()),
                 maps: Mutex::new(LruCache::new(
                     NonZeroUsize::new(MAP_CACHE).unwrap_or(NonZeroUsize::MIN),
                 )),
@@ -1149,6 +1161,7 @@ fn snapshot_info(
         size: layer.map(|l| l.size).unwrap_or(0),
         block_size: layer.map(|l| l.block_size).unwrap_or(0),
         full: layer.is_some_and(|l| l.parent.is_none()),
+        identity: None,
         layer: rec.layer,
     }
 }

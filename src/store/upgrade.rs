@@ -1,4 +1,9 @@
-//! Upgrading a repository of format version 1 to version 2, in place.
+//! Upgrading a repository of an older format version, in place.
+//!
+//! From version 2: its files read as they are (a version 2 index through
+//! [`format::v2`]), so only `strata.repo` is rewritten ([`header`]).
+//!
+//! From version 1:
 //!
 //! Every file is rewritten atomically in the new version, in an order that
 //! keeps each step idempotent: the catalog first (it chooses the
@@ -19,6 +24,29 @@ use super::layer::{Geometry, LayerPaths};
 use super::names::{DiskName, LayerId, SnapName};
 use super::storage::{Storage, StorageFile};
 
+/// Rewrites `strata.repo` in this build's version, once everything else
+/// reads as it is.
+pub fn header(
+    storage: &dyn Storage,
+    tmp: &Path,
+    repo_file: &Path,
+    from: u32,
+    header: &RepoHeader,
+) -> Result<()> {
+    format::write_atomic(
+        storage,
+        tmp,
+        repo_file,
+        &format::doc_bytes(MAGIC_REPO, &format::encode(header)),
+    )?;
+    log::info!(
+        "upgraded {} from format version {from} to {}",
+        repo_file.display(),
+        format::FORMAT_VERSION
+    );
+    Ok(())
+}
+
 /// Upgrades the repository at `root` (whose lock the caller holds) from
 /// version 1. `created` is from its version 1 header.
 pub fn from_v1(
@@ -27,7 +55,11 @@ pub fn from_v1(
     paths: &LayerPaths,
     created: u64,
 ) -> Result<()> {
-    log::warn!("upgrading {} from format version 1 to 2", root.display());
+    log::warn!(
+        "upgrading {} from format version 1 to {}",
+        root.display(),
+        format::FORMAT_VERSION
+    );
     let catalog_path = root.join(super::CATALOG_FILE);
     let doc = format::read_doc(storage.as_ref(), &catalog_path, MAGIC_CATALOG)?;
     let (cat, repo_id) = if doc.version == 1 {
@@ -64,7 +96,11 @@ pub fn from_v1(
         &root.join(super::REPO_FILE),
         &format::doc_bytes(MAGIC_REPO, &format::encode(&header)),
     )?;
-    log::warn!("upgraded {} to format version 2", root.display());
+    log::warn!(
+        "upgraded {} to format version {}",
+        root.display(),
+        format::FORMAT_VERSION
+    );
     Ok(())
 }
 
@@ -204,6 +240,7 @@ fn upgrade_index(
             file: id.0,
             data: kinds.extents_of(BlockKind::Data),
             checksums: Some(checksums),
+            hashes: None,
         }],
         zero: kinds.extents_of(BlockKind::Zero),
     };

@@ -1,8 +1,8 @@
 //! The on-disk format of a strata repository — the one normative description.
 //!
 //! Code elsewhere points here rather than restating it. This is format
-//! version 2; version 1 is described at the end, as far as an upgrade
-//! needs it.
+//! version 3; older versions are described at the end, as far as an
+//! upgrade needs them.
 //!
 //! # Files
 //!
@@ -34,7 +34,7 @@
 //! | --- | --- | --- |
 //! | 0 | 8 | magic: the file's kind, `STRATREP`, `STRATCAT`, `STRATIDX` or `STRATLOG` (ASCII) |
 //! | 8 | 4 | format version (`u32`); a reader refuses versions above its own |
-//! | 12 | 4 | incompatible feature bits (`u32`); a reader refuses any bit it does not know (none are defined in version 2) |
+//! | 12 | 4 | incompatible feature bits (`u32`); a reader refuses any bit it does not know (none are defined in version 3) |
 //! | 16 | 8 | payload length in bytes (`u64`) |
 //! | 24 | 4 | CRC-32C of the payload (`u32`) |
 //! | 28 | 4 | CRC-32C of bytes 0..28 (`u32`) |
@@ -107,8 +107,11 @@
 //!   `checksums`, once computed, hold one CRC-32C per data block, in block
 //!   order, over the block's bytes (the last block of a disk whose size is
 //!   not a multiple of the block size covers only the bytes inside the
-//!   disk). A layer is frozen with one piece, its own data file, and no
-//!   checksums; the index is rewritten with them once they are computed.
+//!   disk), and its `hashes` one content-identity hash per data block, in
+//!   the same order (the block's node of the hash tree,
+//!   [`crate::store::identity`]). Both are present or both absent. A layer
+//!   is frozen with one piece, its own data file, and no checksums; the
+//!   index is rewritten with them once they are computed.
 //!   When a deleted snapshot's layer is merged into the layer above it,
 //!   that layer takes over its pieces: no data moves. `snapshot full` adds
 //!   a piece in a new data file holding the copies.
@@ -185,8 +188,14 @@
 //! - 2: two copies of everything, duplicated journal and catalog records,
 //!   the catalog as a log with intents, zero extents in journal and index,
 //!   checksums computed after a freeze, repository ids, record locks.
+//! - 3: index pieces carry a content-identity hash per data block
+//!   (`hashes`). A version 2 index is read as one whose pieces have no
+//!   checksums yet ([`v2`]); opening a version 2 repository rewrites only
+//!   `strata.repo`, and each index is rewritten in version 3 when its
+//!   hashes are first computed.
 
 pub mod v1;
+pub mod v2;
 
 use std::path::Path;
 
@@ -196,7 +205,7 @@ use super::error::{Result, StoreError};
 use super::storage::Storage;
 
 /// The format version this build writes and the newest it reads.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 /// Incompatible feature bits this build understands.
 pub const KNOWN_FEATURES: u32 = 0;
 pub const HEADER_LEN: usize = 32;
@@ -247,6 +256,9 @@ pub struct IndexPiece {
     pub data: Vec<(u64, u64)>,
     /// One CRC-32C per block of `data`, in block order, once computed.
     pub checksums: Option<Vec<u32>>,
+    /// One content-identity hash per block of `data`, in block order,
+    /// computed with the checksums.
+    pub hashes: Option<Vec<[u8; 32]>>,
 }
 
 /// Header payload of `layers/<id>.log`.

@@ -4,8 +4,10 @@
 
 pub mod create;
 pub mod delete;
+pub mod diff;
 pub mod edit;
 pub mod gc;
+pub mod identity;
 pub mod prune;
 pub mod reserve;
 pub mod snapshot;

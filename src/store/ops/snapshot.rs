@@ -335,40 +335,48 @@ impl Repository {
             .unwrap_or(base)
     }
 
-    /// Computes the checksums of a frozen layer's own data and adds them to
-    /// its index (if it still has that data as it was).
+    /// Computes the sums (checksums and identity hashes) of a frozen
+    /// layer's data and adds them to its index; a failure is logged.
     pub(crate) fn add_checksums(&self, id: LayerId, geo: Geometry, index: FrozenIndex) {
-        let files = &self.inner.files;
-        let done = (|| {
-            let mut sums = Vec::new();
-            for p in index.pieces.iter().filter(|p| p.checksums.is_none()) {
-                sums.push((
-                    p.file,
-                    p.data.clone(),
-                    layer::compute_checksums(files, geo, p)?,
-                ));
-            }
-            let _s = self.inner.structure.lock();
-            if !self.inner.catalog.lock().cat.layers.contains_key(&id) {
-                return Ok(());
-            }
-            let mut now = layer::read_index(files, id, geo)?;
-            for (file, data, s) in sums {
-                if let Some(p) = now
-                    .pieces
-                    .iter_mut()
-                    .find(|p| p.file == file && p.data == data && p.checksums.is_none())
-                {
-                    p.checksums = Some(s);
-                }
-            }
-            layer::replace_index(files, id, geo, &now)
-        })();
-        if let Err(e) = done {
+        if let Err(e) = self.add_sums(id, geo, &index) {
             log::warn!(
                 "checksums of layer {id}: {e}; its blocks are not checked until they are added"
             );
         }
+    }
+
+    /// Computes the sums of the pieces of `index` that have none and
+    /// writes them into the layer's index (if it still has those pieces as
+    /// they were). Returns the index as written.
+    pub(crate) fn add_sums(
+        &self,
+        id: LayerId,
+        geo: Geometry,
+        index: &FrozenIndex,
+    ) -> Result<FrozenIndex> {
+        let files = &self.inner.files;
+        let mut sums = Vec::new();
+        for p in index.pieces.iter().filter(|p| p.sums.is_none()) {
+            sums.push((p.file, p.data.clone(), layer::compute_sums(files, geo, p)?));
+        }
+        let _s = self.inner.structure.lock();
+        if !self.inner.catalog.lock().cat.layers.contains_key(&id) {
+            return Err(StoreError::Refused(format!(
+                "layer {id} went away while its checksums were computed"
+            )));
+        }
+        let mut now = layer::read_index(files, id, geo)?;
+        for (file, data, s) in sums {
+            if let Some(p) = now
+                .pieces
+                .iter_mut()
+                .find(|p| p.file == file && p.data == data && p.sums.is_none())
+            {
+                p.sums = Some(s);
+            }
+        }
+        layer::replace_index(files, id, geo, &now)?;
+        Ok(now)
     }
 
     /// Makes snapshot `r` self-contained: copies into a new data file of
@@ -428,7 +436,7 @@ impl Repository {
         idx.pieces.push(layer::Piece {
             file: fid,
             data: copied,
-            checksums: None,
+            sums: None,
         });
         idx.zero.union_with(&zero);
         layer::replace_index(files, id, geo, &idx)?;
