@@ -12,6 +12,7 @@ mod mount;
 mod output;
 mod prune;
 mod quarantine;
+mod send;
 mod snapshot;
 mod target;
 mod usage;
@@ -62,6 +63,10 @@ enum Command {
     Export(export::ExportArgs),
     /// The byte ranges that may differ between two snapshots or disks
     Diff(diff::DiffArgs),
+    /// Write a snapshot as a stream for another repository (full or incremental)
+    Send(send::SendArgs),
+    /// Recreate a snapshot from a `strata send` stream
+    Receive(send::ReceiveArgs),
     /// Delete a disk's snapshots that a retention policy does not keep
     Prune(prune::PruneArgs),
     /// What each disk and snapshot stores, and what deleting would give back
@@ -174,6 +179,8 @@ fn run(cli: Cli) -> CmdResult {
         Command::Snapshot(c) => snapshot::run(&repo_path, c),
         Command::Export(a) => export::run(&repo_path, a),
         Command::Diff(a) => diff::run(&repo_path, a),
+        Command::Send(a) => send::send(&repo_path, a),
+        Command::Receive(a) => send::receive(&repo_path, a),
         Command::Quarantine(c) => quarantine::run(&repo_path, c),
         Command::Prune(a) => prune::run(&repo_path, a),
         Command::Usage(a) => usage::run(&repo_path, a),

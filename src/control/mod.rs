@@ -36,8 +36,9 @@ pub use server::{remove_socket, serve, ServerHooks};
 
 use crate::store::{
     export, DailyUsage, DeleteReport, DiskInfo, DiskName, ExportStats, ExportTarget, GcReport,
-    ImageRef, ImportSource, PruneReport, QuarantinedFile, Repository, Retention, SnapName,
-    SnapshotInfo, SnapshotOptions, SnapshotRef, StoreError, UsageReport,
+    ImageRef, ImportSource, PartialReceive, PruneReport, QuarantinedFile, ReceiveReport,
+    Repository, ResumeToken, Retention, SendReport, SnapName, SnapshotInfo, SnapshotOptions,
+    SnapshotRef, StoreError, UsageReport,
 };
 
 /// Bumped whenever [`Request`] or [`Response`] change shape.
@@ -146,6 +147,21 @@ pub enum Request {
         from: Option<String>,
         to: String,
     },
+    /// The stream goes to the descriptor that comes along.
+    Send {
+        snapshot: SnapshotRef,
+        from: Option<SnapshotRef>,
+        /// A resume token from `receive --status`.
+        resume: Option<String>,
+    },
+    /// The stream comes from the descriptor that comes along.
+    Receive {
+        as_disk: Option<DiskName>,
+    },
+    ReceiveStatus,
+    ReceiveAbort {
+        snapshot: Option<SnapshotRef>,
+    },
     /// Only a daemon answers this: flush everything and unmount.
     Unmount,
 }
@@ -188,6 +204,11 @@ pub enum Response {
         /// `(offset, length)` byte ranges, merged, clipped to `size`.
         ranges: Vec<(u64, u64)>,
     },
+    Sent(SendReport),
+    Received(ReceiveReport),
+    PartialReceives(Vec<PartialReceive>),
+    /// Receives discarded, by snapshot.
+    Aborted(Vec<String>),
     /// The request was refused; `usage` marks bad arguments (exit status 2).
     Refused {
         message: String,
@@ -329,6 +350,27 @@ pub fn execute(
                     from_size: d.from_size,
                     ranges: d.ranges(),
                 }
+            }
+            Request::Send {
+                snapshot,
+                from,
+                resume,
+            } => {
+                let file = file.ok_or_else(|| needs_file("a send"))?;
+                let token = resume.as_deref().map(ResumeToken::parse).transpose()?;
+                let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+                let report =
+                    repo.send(&snapshot, from.as_ref(), token.as_ref(), &mut out, progress)?;
+                Response::Sent(report)
+            }
+            Request::Receive { as_disk } => {
+                let file = file.ok_or_else(|| needs_file("a receive"))?;
+                let mut input = std::io::BufReader::with_capacity(1 << 20, file);
+                Response::Received(repo.receive(&mut input, as_disk.as_ref(), progress)?)
+            }
+            Request::ReceiveStatus => Response::PartialReceives(repo.partial_receives()?),
+            Request::ReceiveAbort { snapshot } => {
+                Response::Aborted(repo.abort_receives(snapshot.as_ref())?)
             }
             Request::QuarantineList => Response::Quarantine(repo.quarantine()?),
             Request::QuarantinePurge => Response::Quarantine(repo.purge_quarantine()?),

@@ -474,18 +474,28 @@ pub fn replace_index(
 pub fn compute_sums(files: &LayerFiles, geo: Geometry, piece: &Piece) -> Result<Vec<BlockSum>> {
     let file = files.get(piece.file)?;
     let path = files.paths().data(piece.file);
+    sums_of(file.as_ref(), &path, geo, &piece.data)
+}
+
+/// The sums of the blocks `data` of `file` (at their own offsets).
+pub fn sums_of(
+    file: &dyn StorageFile,
+    path: &Path,
+    geo: Geometry,
+    data: &ExtentSet,
+) -> Result<Vec<BlockSum>> {
     let bs = geo.block_size as u64;
     let chunk_blocks = ((1u64 << 20) / bs).max(1);
     let mut buf = vec![0u8; (chunk_blocks * bs) as usize];
-    let mut sums = Vec::with_capacity(piece.data.blocks() as usize);
-    for run in piece.data.runs() {
+    let mut sums = Vec::with_capacity(data.blocks() as usize);
+    for run in data.runs() {
         let mut b = run.start;
         while b < run.end {
             let n = chunk_blocks.min(run.end - b);
             let bytes = geo.byte_range(b..b + n);
             let len = (bytes.end - bytes.start) as usize;
             file.read_exact_at(&mut buf[..len], bytes.start)
-                .map_err(StoreError::io(&path))?;
+                .map_err(StoreError::io(path))?;
             sums.extend(buf[..len].chunks(bs as usize).map(BlockSum::of));
             b += n;
         }

@@ -73,6 +73,7 @@ pub mod ops;
 pub mod recovery;
 pub mod snapshot;
 pub mod storage;
+pub mod stream;
 mod upgrade;
 
 use std::collections::HashMap;
@@ -99,6 +100,8 @@ pub use names::{DiskName, ImageRef, LayerId, SnapName, SnapshotRef};
 pub use ops::delete::DeleteReport;
 pub use ops::gc::GcReport;
 pub use ops::prune::{PruneReport, Retention};
+pub use ops::receive::{PartialReceive, ReceiveReport};
+pub use ops::send::{ResumeToken, SendReport};
 pub use ops::snapshot::{Critical, SnapshotOptions};
 pub use ops::usage::{DailyUsage, UsageReport};
 pub use recovery::QuarantinedFile;

@@ -5,8 +5,8 @@
 use crate::store::error::{Result, StoreError};
 use crate::store::extents::ExtentSet;
 use crate::store::identity::{self, Hash, Identity};
-use crate::store::layer;
-use crate::store::names::SnapshotRef;
+use crate::store::layer::{self, FrozenIndex, Geometry};
+use crate::store::names::{LayerId, SnapshotRef};
 use crate::store::ops::tidy::geometry;
 use crate::store::Repository;
 
@@ -34,7 +34,7 @@ impl Repository {
         Ok(id)
     }
 
-    fn compute_identity(&self, top: crate::store::LayerId) -> Result<Identity> {
+    fn compute_identity(&self, top: LayerId) -> Result<Identity> {
         let cat = self.catalog();
         let geo = geometry(&cat, top);
         if geo.block_size == 0 {
@@ -42,9 +42,41 @@ impl Repository {
                 "layer {top} is not in the catalog"
             )));
         }
+        self.identity_over(geo, None, &cat.chain(top))
+    }
+
+    /// The identity of an image of geometry `geo` made of `first` (an
+    /// index not yet in the repository, with its sums) over the layers of
+    /// `chain`, top first.
+    pub(crate) fn identity_over(
+        &self,
+        geo: Geometry,
+        first: Option<&FrozenIndex>,
+        chain: &[LayerId],
+    ) -> Result<Identity> {
+        let cat = self.catalog();
         let mut covered = ExtentSet::new();
         let mut blocks: Vec<(u64, Hash)> = Vec::new();
-        for id in cat.chain(top) {
+        let mut take = |idx: &FrozenIndex, id: String| -> Result<()> {
+            for p in &idx.pieces {
+                if p.sums.is_none() && !p.data.is_empty() {
+                    return Err(StoreError::Refused(format!(
+                        "layer {id} changed while its checksums were computed; try again"
+                    )));
+                }
+                for (b, s) in p.block_sums() {
+                    if !covered.contains(b) {
+                        blocks.push((b, s.hash));
+                    }
+                }
+            }
+            covered.union_with(&idx.present());
+            Ok(())
+        };
+        if let Some(idx) = first {
+            take(idx, "being received".into())?;
+        }
+        for &id in chain {
             let lgeo = geometry(&cat, id);
             let mut idx = layer::read_index(&self.inner.files, id, lgeo)?;
             if idx
@@ -54,23 +86,7 @@ impl Repository {
             {
                 idx = self.add_sums(id, lgeo, &idx)?;
             }
-            for p in &idx.pieces {
-                if p.sums.is_none() && !p.data.is_empty() {
-                    return Err(StoreError::Refused(format!(
-                        "layer {id} changed while its checksums were computed; try again"
-                    )));
-                }
-                if covered.is_empty() {
-                    blocks.extend(p.block_sums().map(|(b, s)| (b, s.hash)));
-                } else {
-                    for (b, s) in p.block_sums() {
-                        if !covered.contains(b) {
-                            blocks.push((b, s.hash));
-                        }
-                    }
-                }
-            }
-            covered.union_with(&idx.present());
+            take(&idx, id.to_string())?;
         }
         blocks.sort_unstable_by_key(|(b, _)| *b);
         Ok(identity::of_blocks(geo.size, geo.block_size, &blocks))
