@@ -9,7 +9,7 @@ use std::path::Path;
 
 use common::{random, repo_contents, strata, strata_ok};
 use strata::store::identity::Identity;
-use strata::store::{DiskName, ImageRead, Repository, SnapName, SnapshotRef};
+use strata::store::{DiskName, ImageRead, Repository, SendBase, SnapName, SnapshotRef};
 
 fn snap(s: &str) -> SnapshotRef {
     SnapshotRef::parse(s).unwrap()
@@ -63,7 +63,7 @@ fn send(repo: &Repository, s: &str, from: Option<&str>) -> Vec<u8> {
     let mut out = vec![];
     repo.send(
         &snap(s),
-        from.map(snap).as_ref(),
+        from.map(|f| SendBase::parse(f).unwrap()).as_ref(),
         None,
         &mut out,
         &mut |_, _| {},
@@ -244,7 +244,7 @@ fn bad_streams_are_refused_and_change_nothing() {
     other
         .send(
             &snap("vm@x"),
-            Some(&snap("vm@s1")),
+            Some(&SendBase::Snapshot(snap("vm@s1"))),
             None,
             &mut geo,
             &mut |_, _| {},
@@ -422,4 +422,283 @@ fn send_and_receive_between_two_mounts() {
         strata_ok(&a.repo, &["snapshot", "id", "vm@two"]),
         strata_ok(&b.repo, &["snapshot", "id", "vm@two"])
     );
+}
+
+/// `apply` onto a raw file: three rounds leave it equal to each snapshot;
+/// a stream for another base is refused before anything is written; an
+/// apply cut short says so and the same stream again finishes it.
+#[test]
+fn apply_brings_a_raw_file_to_each_snapshot() {
+    use strata::store::apply::{apply, ApplyOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let (src, images) = source(&dir.path().join("a"));
+    let target = dir.path().join("vm.img");
+    std::fs::File::create(&target).unwrap();
+    let opts = ApplyOptions {
+        target: &target,
+        state: None,
+        trust_base: false,
+        no_verify: false,
+    };
+    let full = send(&src, "vm@s1", None);
+    apply(&mut &full[..], &opts, &mut |_, _| {}).unwrap();
+    assert!(std::fs::read(&target).unwrap() == images[0].1);
+    // s3 from s2 onto a file that is s1: refused, the file unchanged.
+    let wrong = send(&src, "vm@s3", Some("vm@s2"));
+    let e = apply(&mut &wrong[..], &opts, &mut |_, _| {}).unwrap_err();
+    assert!(e.to_string().contains("is not the stream's base"), "{e}");
+    assert!(std::fs::read(&target).unwrap() == images[0].1);
+    // Cut short half-way: reported, then finished by the same stream.
+    let inc = send(&src, "vm@s2", Some("vm@s1"));
+    apply(&mut &inc[..inc.len() / 2], &opts, &mut |_, _| {}).unwrap_err();
+    let e = apply(&mut &wrong[..], &opts, &mut |_, _| {}).unwrap_err();
+    assert!(e.to_string().contains("was cut short"), "{e}");
+    let r = apply(&mut &inc[..], &opts, &mut |_, _| {}).unwrap();
+    assert!(r.finished_earlier && r.verified);
+    assert!(std::fs::read(&target).unwrap() == images[1].1);
+    let inc = send(&src, "vm@s3", Some("vm@s2"));
+    apply(&mut &inc[..], &opts, &mut |_, _| {}).unwrap();
+    assert!(
+        std::fs::read(&target).unwrap() == images[2].1,
+        "the disk grew: so does the file"
+    );
+    assert!(!dir.path().join("vm.img.strata-apply").exists());
+}
+
+/// The same onto a loop device, through the command.
+#[test]
+fn apply_onto_a_loop_device() {
+    if !Path::new("/dev/loop-control").exists() {
+        eprintln!("skipped: no loop devices");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a");
+    let (src, images) = source(&a);
+    let size = images[2].1.len() as u64;
+    let backing = dir.path().join("dev.img");
+    std::fs::File::create(&backing)
+        .unwrap()
+        .set_len(size)
+        .unwrap();
+    // Garbage where the full stream leaves zeros: it must be zeroed.
+    common::sh(&format!(
+        "dd if=/dev/urandom of='{}' bs=64K count=8 seek=100 conv=notrunc status=none",
+        backing.display()
+    ));
+    let lo = common::Loop::attach(&backing, false);
+    let state = dir.path().join("dev.apply");
+    let streams = [
+        send(&src, "vm@s1", None),
+        send(&src, "vm@s2", Some("vm@s1")),
+        send(&src, "vm@s3", Some("vm@s2")),
+    ];
+    drop(src);
+    for (i, s) in streams.iter().enumerate() {
+        let f = dir.path().join(format!("{i}.stream"));
+        std::fs::write(&f, s).unwrap();
+        let out = strata(
+            &a,
+            &[
+                "apply",
+                lo.dev.as_str(),
+                "--state",
+                state.to_str().unwrap(),
+                "-i",
+                f.to_str().unwrap(),
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let n = images[i].1.len();
+        let got = common::read_range(Path::new(&lo.dev), 0, n);
+        assert!(got == images[i].1, "round {i}: the device differs");
+    }
+}
+
+/// A sent snapshot deleted at the source leaves a bookmark: `send --from
+/// DISK#SNAP` still makes an incremental stream the replica takes.
+#[test]
+fn a_bookmark_outlives_the_sent_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a");
+    let b = dir.path().join("b");
+    let (src, images) = source(&a);
+    let dst = Repository::init(&b).unwrap();
+    let full = send(&src, "vm@s1", None);
+    dst.receive(&mut &full[..], None, &mut |_, _| {}).unwrap();
+    src.delete_snapshots(&[snap("vm@s1")]).unwrap();
+    src.delete_snapshots(&[snap("vm@s2")]).unwrap();
+    let marks = src.bookmarks(None).unwrap();
+    assert_eq!(marks.len(), 1, "{marks:?}");
+    assert!(!marks[0].snapshot_exists);
+    let inc = send(&src, "vm@s3", Some("vm#s1"));
+    assert!(
+        inc.len() < full.len() * 2,
+        "{} vs {}",
+        inc.len(),
+        full.len()
+    );
+    let rep = dst.receive(&mut &inc[..], None, &mut |_, _| {}).unwrap();
+    assert!(rep.incremental);
+    assert!(read_all(&dst.open_snapshot(&snap("vm@s3")).unwrap()) == images[2].1);
+    // Sending s3 dropped the older bookmark; s3's own is there.
+    let marks = src.bookmarks(None).unwrap();
+    assert_eq!(marks.len(), 1, "{marks:?}");
+    assert_eq!(marks[0].name, "s3");
+    drop(src);
+    // The listing shows bookmarks apart, and a missing one is named.
+    let out = strata_ok(&a, &["snapshot", "list", "vm"]);
+    assert!(!out.contains("Bookmarks"), "{out}");
+    strata_ok(&a, &["snapshot", "delete", "vm@s3"]);
+    let out = strata_ok(&a, &["snapshot", "list", "vm"]);
+    assert!(
+        out.contains("Bookmarks of deleted snapshots") && out.contains("vm#s3"),
+        "{out}"
+    );
+    let out = strata(
+        &a,
+        &["send", "vm@s3", "--from", "vm#nope", "-o", "/dev/null"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+}
+
+/// `changes/` in the mount: each image's data ranges (SEEK_DATA and
+/// SEEK_HOLE, as tools walk them) are what `strata diff` gives, they read
+/// as the snapshot, and everything else reads as zeros; `A~B.img` is
+/// looked up for any pair.
+#[test]
+fn changes_images_hold_what_each_snapshot_changed() {
+    if !common::fuse_available() {
+        eprintln!("skipped: /dev/fuse is missing");
+        return;
+    }
+    let m = common::Mounted::new(&[("vm", "32M")], &[]);
+    let live = m.live("vm");
+    let f = std::fs::OpenOptions::new().write(true).open(&live).unwrap();
+    use std::os::unix::fs::FileExt;
+    f.write_all_at(&random(3 << 20, 1), 1 << 20).unwrap();
+    f.sync_all().unwrap();
+    m.snapshot("vm", "a");
+    f.write_all_at(&vec![0u8; 65536], 1 << 20).unwrap(); // changed to zeros
+    f.write_all_at(&random(200_000, 2), 20 << 20).unwrap();
+    f.sync_all().unwrap();
+    m.snapshot("vm", "b");
+    f.write_all_at(&random(4096, 3), 30 << 20).unwrap();
+    f.sync_all().unwrap();
+    m.snapshot("vm", "c");
+    let changes = m.mp.join("vm").join("changes");
+    let mut names: Vec<String> = std::fs::read_dir(&changes)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["a.img", "b.img", "c.img"]);
+    for (name, from, to) in [
+        ("a.img", None, "a"),
+        ("b.img", Some("a"), "b"),
+        ("c.img", Some("b"), "c"),
+        ("a~c.img", Some("a"), "c"),
+    ] {
+        let path = changes.join(name);
+        let mut args = vec!["diff", "--json"];
+        let (fa, ta) = (from.map(|f| format!("vm@{f}")), format!("vm@{to}"));
+        if let Some(f) = &fa {
+            args.push(f);
+        }
+        args.push(&ta);
+        let want: Vec<(u64, u64)> =
+            serde_json::from_str::<serde_json::Value>(&strata_ok(&m.repo, &args))
+                .unwrap()
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| (r["offset"].as_u64().unwrap(), r["length"].as_u64().unwrap()))
+                .collect();
+        assert!(!want.is_empty(), "{name}");
+        assert_eq!(data_ranges(&path), want, "{name}");
+        let img = std::fs::read(&path).unwrap();
+        let snap = std::fs::read(m.snap("vm", to)).unwrap();
+        let mut pos = 0usize;
+        for &(o, l) in &want {
+            assert!(
+                img[pos..o as usize].iter().all(|&b| b == 0),
+                "{name}: a hole holds data"
+            );
+            assert!(img[o as usize..(o + l) as usize] == snap[o as usize..(o + l) as usize]);
+            pos = (o + l) as usize;
+        }
+        assert!(img[pos..].iter().all(|&b| b == 0));
+    }
+    // The block changed to zeros is data in b's changes.
+    assert_eq!(data_ranges(&changes.join("b.img"))[0], (1 << 20, 65536));
+}
+
+/// Data ranges of a file, walked with SEEK_DATA and SEEK_HOLE.
+fn data_ranges(path: &Path) -> Vec<(u64, u64)> {
+    let f = std::fs::File::open(path).unwrap();
+    let size = f.metadata().unwrap().len();
+    let mut out = vec![];
+    let mut pos = 0;
+    while pos < size {
+        let Some(d) = strata::sys::seek_data(&f, pos).unwrap() else {
+            break;
+        };
+        let h = strata::sys::seek_hole(&f, d).unwrap();
+        out.push((d, h - d));
+        pos = h;
+    }
+    out
+}
+
+/// `export --format vhd` writes a fixed VHD qemu-img reads with the right
+/// size and finds identical to the raw export; `disk import` takes it back
+/// (footer checked) with the same identity.
+#[test]
+fn vhd_out_and_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a");
+    drop(source(&a));
+    let vhd = dir.path().join("s3.vhd");
+    let raw = dir.path().join("s3.img");
+    strata_ok(
+        &a,
+        &["export", "vm@s3", vhd.to_str().unwrap(), "--format", "vhd"],
+    );
+    strata_ok(&a, &["export", "vm@s3", raw.to_str().unwrap()]);
+    let info = common::sh(&format!(
+        "qemu-img info -f vpc --output json '{}'",
+        vhd.display()
+    ));
+    let info: serde_json::Value = serde_json::from_str(&info).unwrap();
+    let raw_len = std::fs::metadata(&raw).unwrap().len();
+    assert_eq!(info["virtual-size"].as_u64(), Some(raw_len));
+    common::sh(&format!(
+        "qemu-img compare -f vpc -F raw '{}' '{}'",
+        vhd.display(),
+        raw.display()
+    ));
+    strata_ok(&a, &["disk", "import", "back", vhd.to_str().unwrap()]);
+    strata_ok(&a, &["snapshot", "create", "back", "--name", "s"]);
+    assert_eq!(
+        strata_ok(&a, &["snapshot", "id", "back@s"]),
+        strata_ok(&a, &["snapshot", "id", "vm@s3"])
+    );
+    // A damaged footer is named, and nothing is imported.
+    let mut bytes = std::fs::read(&vhd).unwrap();
+    let n = bytes.len();
+    bytes[n - 300] ^= 1;
+    let bad = dir.path().join("bad.vhd");
+    std::fs::write(&bad, &bytes).unwrap();
+    let out = strata(&a, &["disk", "import", "bad", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("checksum does not match"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!strata_ok(&a, &["disk", "list"]).contains("bad"));
 }

@@ -31,6 +31,37 @@ pub struct ExportArgs {
     /// Replace FILE if it is an existing file
     #[arg(long)]
     force: bool,
+    /// raw, or vhd: a fixed VHD (the raw image and a 512-byte footer), as
+    /// Hyper-V and Azure take disks
+    #[arg(long, value_enum, default_value = "raw")]
+    format: Format,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Format {
+    Raw,
+    Vhd,
+}
+
+/// Appends a fixed VHD's footer to an image of `size` bytes just written
+/// to `file` (at `size` for a file; next, for a stream).
+fn vhd_footer(file: &File, size: u64, seekable: bool) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::FileExt;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut id = [0u8; 16];
+    id.copy_from_slice(
+        &blake3::hash(format!("{size} {now} {}", std::process::id()).as_bytes()).as_bytes()[..16],
+    );
+    let footer = strata::store::vhd::footer(size, now, id);
+    if seekable {
+        file.write_all_at(&footer, size)?;
+        file.sync_all()
+    } else {
+        (&*file).write_all(&footer)
+    }
 }
 
 /// Where the image goes, as decided before anything is written.
@@ -124,7 +155,26 @@ pub fn run(repo: &Path, a: ExportArgs) -> CmdResult {
             .map(File::from)
             .map_err(|e| refused(&path, e))?,
     };
-    let result = export(repo, &a.image, &path, file);
+    if a.format == Format::Vhd && matches!(output, Output::Device(_)) {
+        return Err(refused(
+            &path,
+            "a VHD goes to a file or a stream; export raw onto a device",
+        ));
+    }
+    let footer_to = file.try_clone().map_err(|e| refused(&path, e))?;
+    let result = export(repo, &a.image, &path, file).and_then(|(size, stats)| {
+        if a.format == Format::Vhd {
+            if size % 512 != 0 {
+                return Err(refused(
+                    &path,
+                    "a VHD's size must be a multiple of 512 bytes",
+                ));
+            }
+            let seekable = matches!(output, Output::File { .. });
+            vhd_footer(&footer_to, size, seekable).map_err(|e| refused(&path, e))?;
+        }
+        Ok((size, stats))
+    });
     match (&output, result) {
         (Output::File { path, tmp }, Ok((size, stats))) => {
             if let Err(e) = publish(tmp, path, a.force) {

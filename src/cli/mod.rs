@@ -3,6 +3,7 @@
 //! Exit status: 0 on success, 1 when the request is refused (the message
 //! says why), 2 on bad usage (clap's own errors, bad names and sizes).
 
+mod apply;
 mod diff;
 mod disk;
 mod export;
@@ -67,6 +68,8 @@ enum Command {
     Send(send::SendArgs),
     /// Recreate a snapshot from a `strata send` stream
     Receive(send::ReceiveArgs),
+    /// Apply a `strata send` stream onto a raw image file or block device
+    Apply(apply::ApplyArgs),
     /// Delete a disk's snapshots that a retention policy does not keep
     Prune(prune::PruneArgs),
     /// What each disk and snapshot stores, and what deleting would give back
@@ -163,6 +166,7 @@ fn run(cli: Cli) -> CmdResult {
     match cli.command {
         Command::Mount(a) => return mount::mount(cli.repo, a),
         Command::Umount(a) => return mount::umount(a),
+        Command::Apply(a) => return apply::run(a),
         Command::ThawGuard(a) => {
             strata::control::freeze::guard(std::time::Duration::from_secs(a.after), &a.paths);
             return Ok(());
@@ -185,7 +189,9 @@ fn run(cli: Cli) -> CmdResult {
         Command::Prune(a) => prune::run(&repo_path, a),
         Command::Usage(a) => usage::run(&repo_path, a),
         Command::Gc => gc::run(&repo_path),
-        Command::Mount(_) | Command::Umount(_) | Command::ThawGuard(_) => Ok(()),
+        Command::Mount(_) | Command::Umount(_) | Command::ThawGuard(_) | Command::Apply(_) => {
+            Ok(())
+        }
     }
 }
 

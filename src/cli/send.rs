@@ -6,7 +6,7 @@ use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
 use strata::control::{Request, Response};
-use strata::store::{DiskName, SnapshotRef};
+use strata::store::{DiskName, SendBase, SnapshotRef};
 use strata::units::format_size;
 
 use super::output::{self, Progress};
@@ -25,14 +25,16 @@ use super::{parse_disk_name, parse_snapshot_ref, CmdResult, Failure};
 strata send vm1@monday | strata --repo /mnt/backup/strata receive\n  \
 strata send vm1@tuesday --from vm1@monday | ssh backup strata receive\n  \
 strata send vm1@tuesday --from vm1@monday -o tuesday.stream\n  \
+strata send vm1@friday --from vm1#tuesday      # tuesday was deleted: its bookmark is the base\n  \
 strata send vm1@tuesday --from vm1@monday --resume 1-…   # after `receive --status` at the other end")]
 pub struct SendArgs {
     /// The snapshot to send, as DISK@SNAP
     #[arg(value_parser = parse_snapshot_ref, value_name = "DISK@SNAP")]
     snapshot: SnapshotRef,
-    /// Send only what differs from this snapshot (the receiver must have it)
-    #[arg(long, value_parser = parse_snapshot_ref, value_name = "DISK@BASE")]
-    from: Option<SnapshotRef>,
+    /// Send only what differs from this snapshot (the receiver must have
+    /// it), or from the bookmark DISK#SNAP a deleted snapshot left
+    #[arg(long, value_parser = parse_base, value_name = "DISK@BASE")]
+    from: Option<SendBase>,
     /// Write the stream to FILE instead of standard output
     #[arg(short = 'o', long = "output", value_name = "FILE")]
     output: Option<PathBuf>,
@@ -72,6 +74,10 @@ pub struct ReceiveArgs {
     /// Discard receives cut short (all, or the one of DISK@SNAP)
     #[arg(long, value_name = "DISK@SNAP", num_args = 0..=1, value_parser = parse_snapshot_ref, conflicts_with_all = ["as_disk", "input"])]
     abort: Option<Option<SnapshotRef>>,
+}
+
+fn parse_base(s: &str) -> Result<SendBase, String> {
+    SendBase::parse(s).map_err(|e| e.to_string())
 }
 
 fn refused(path: &Path, why: impl std::fmt::Display) -> Failure {
@@ -118,7 +124,7 @@ pub fn send(repo: &Path, a: SendArgs) -> CmdResult {
     let mut progress = Progress::new("sending");
     let req = Request::Send {
         snapshot: a.snapshot.clone(),
-        from: a.from.clone(),
+        from: a.from.as_ref().map(ToString::to_string),
         resume: a.resume,
     };
     let resp = target.call_with(req, vec![file], &mut |d, t| progress.update(d, t));

@@ -164,6 +164,7 @@ pub fn run(repo: &Path, cmd: SnapshotCommand) -> CmdResult {
             }
         }
         SnapshotCommand::List(a) => {
+            let disk = a.disk.clone();
             let req = Request::SnapshotList {
                 disk: a.disk,
                 identities: a.json,
@@ -187,6 +188,23 @@ pub fn run(repo: &Path, cmd: SnapshotCommand) -> CmdResult {
                 })
                 .collect();
             output::table(&["NAME", "TAKEN", "STORED", "KIND"], &rows);
+            let req = Request::BookmarkList { disk: disk.clone() };
+            let marks = match target.call(req, &mut |_, _| {})? {
+                Response::Bookmarks(b) => b,
+                r => return Err(unexpected(r)),
+            };
+            let gone: Vec<Vec<String>> = marks
+                .iter()
+                .filter(|b| !b.snapshot_exists)
+                .map(|b| vec![format!("{disk}#{}", b.name), output::time(b.taken)])
+                .collect();
+            if !gone.is_empty() {
+                println!();
+                println!(
+                    "Bookmarks of deleted snapshots (bases for `strata send --from DISK#NAME`):"
+                );
+                output::table(&["BOOKMARK", "TAKEN"], &gone);
+            }
         }
         SnapshotCommand::Delete(a) => {
             let req = Request::SnapshotDelete {

@@ -35,10 +35,10 @@ pub use client::Client;
 pub use server::{remove_socket, serve, ServerHooks};
 
 use crate::store::{
-    export, DailyUsage, DeleteReport, DiskInfo, DiskName, ExportStats, ExportTarget, GcReport,
-    ImageRef, ImportSource, PartialReceive, PruneReport, QuarantinedFile, ReceiveReport,
-    Repository, ResumeToken, Retention, SendReport, SnapName, SnapshotInfo, SnapshotOptions,
-    SnapshotRef, StoreError, UsageReport,
+    export, BookmarkInfo, DailyUsage, DeleteReport, DiskInfo, DiskName, ExportStats, ExportTarget,
+    GcReport, ImageRef, ImportSource, PartialReceive, PruneReport, QuarantinedFile, ReceiveReport,
+    Repository, ResumeToken, Retention, SendBase, SendReport, SnapName, SnapshotInfo,
+    SnapshotOptions, SnapshotRef, StoreError, UsageReport,
 };
 
 /// Bumped whenever [`Request`] or [`Response`] change shape.
@@ -150,7 +150,8 @@ pub enum Request {
     /// The stream goes to the descriptor that comes along.
     Send {
         snapshot: SnapshotRef,
-        from: Option<SnapshotRef>,
+        /// `DISK@SNAP` or a bookmark, `DISK#SNAP`.
+        from: Option<String>,
         /// A resume token from `receive --status`.
         resume: Option<String>,
     },
@@ -161,6 +162,9 @@ pub enum Request {
     ReceiveStatus,
     ReceiveAbort {
         snapshot: Option<SnapshotRef>,
+    },
+    BookmarkList {
+        disk: DiskName,
     },
     /// Only a daemon answers this: flush everything and unmount.
     Unmount,
@@ -205,6 +209,7 @@ pub enum Response {
         ranges: Vec<(u64, u64)>,
     },
     Sent(SendReport),
+    Bookmarks(Vec<BookmarkInfo>),
     Received(ReceiveReport),
     PartialReceives(Vec<PartialReceive>),
     /// Receives discarded, by snapshot.
@@ -358,6 +363,7 @@ pub fn execute(
             } => {
                 let file = file.ok_or_else(|| needs_file("a send"))?;
                 let token = resume.as_deref().map(ResumeToken::parse).transpose()?;
+                let from = from.as_deref().map(SendBase::parse).transpose()?;
                 let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
                 let report =
                     repo.send(&snapshot, from.as_ref(), token.as_ref(), &mut out, progress)?;
@@ -368,6 +374,7 @@ pub fn execute(
                 let mut input = std::io::BufReader::with_capacity(1 << 20, file);
                 Response::Received(repo.receive(&mut input, as_disk.as_ref(), progress)?)
             }
+            Request::BookmarkList { disk } => Response::Bookmarks(repo.bookmarks(Some(&disk))?),
             Request::ReceiveStatus => Response::PartialReceives(repo.partial_receives()?),
             Request::ReceiveAbort { snapshot } => {
                 Response::Aborted(repo.abort_receives(snapshot.as_ref())?)

@@ -24,11 +24,23 @@ pub enum Node {
     SnapDir(DiskName),
     /// `<disk>/snapshots/<snap>.img`, by the snapshot's layer
     SnapImg(LayerId),
+    /// `<disk>/changes/`
+    ChangesDir(DiskName),
+    /// `<disk>/changes/<snap>.img` or `<a>~<b>.img`: the changes of the
+    /// snapshot of layer `to` since the one of layer `from` (none: an
+    /// empty disk)
+    ChangesImg {
+        from: Option<LayerId>,
+        to: LayerId,
+    },
 }
 
 impl Node {
     pub fn is_dir(&self) -> bool {
-        matches!(self, Node::Root | Node::DiskDir(_) | Node::SnapDir(_))
+        matches!(
+            self,
+            Node::Root | Node::DiskDir(_) | Node::SnapDir(_) | Node::ChangesDir(_)
+        )
     }
 }
 

@@ -3,6 +3,10 @@
 //! ```text
 //! MOUNTPOINT/<disk>/live.img               read-write, the disk's live image
 //! MOUNTPOINT/<disk>/snapshots/<snap>.img   read-only, the disk as it was
+//! MOUNTPOINT/<disk>/changes/<snap>.img     read-only: what <snap> changed since
+//!                                          the snapshot before it, holes elsewhere
+//! MOUNTPOINT/<disk>/changes/<a>~<b>.img    the same between any two (looked up,
+//!                                          not listed)
 //! ```
 //!
 //! Handlers decode the request, call the store, and reply; they never panic
@@ -34,6 +38,7 @@ use fuser::{
 };
 use parking_lot::{Mutex, RwLock};
 
+use crate::store::ops::diff::Changes;
 use crate::store::{
     Disk, DiskName, ImageRead, LayerId, Repository, SnapName, Snapshot, SnapshotRef, StoreError,
     WriterGuard,
@@ -48,6 +53,7 @@ const TTL_CHANGING: Duration = Duration::from_secs(1);
 const TTL_IMMUTABLE: Duration = Duration::from_secs(3600);
 const LIVE_NAME: &str = "live.img";
 const SNAP_DIR: &str = "snapshots";
+const CHANGES_DIR: &str = "changes";
 const IMG_SUFFIX: &str = ".img";
 /// Largest read or write the kernel will send (its request cap is 1 MiB).
 const MAX_IO: u32 = 1 << 20;
@@ -64,6 +70,7 @@ enum Open {
         _writer: Option<WriterGuard>,
     },
     Snapshot(Arc<Snapshot>),
+    Changes(Arc<Changes>),
     /// A snapshot the kernel reads from its one layer file itself; the
     /// backing id must live as long as the open file.
     Passthrough {
@@ -77,6 +84,7 @@ impl Open {
         match self {
             Open::Live { disk, .. } => disk.as_ref(),
             Open::Snapshot(s) | Open::Passthrough { snap: s, .. } => s.as_ref(),
+            Open::Changes(c) => c.as_ref(),
         }
     }
 }
@@ -100,6 +108,8 @@ pub struct StrataFs {
     /// Asks the keeper to give back a deleted snapshot's layer once its
     /// last handle is closed.
     tidy: keeper::TidyHandle,
+    /// Bytes of each changes image seen, by (from, to) layers.
+    changed: Mutex<HashMap<(Option<LayerId>, LayerId), u64>>,
 }
 
 fn errno(e: &StoreError) -> Errno {
@@ -125,6 +135,7 @@ impl StrataFs {
             written: Mutex::new(HashMap::new()),
             backings: Mutex::new(HashMap::new()),
             tidy: keeper::TidyHandle::default(),
+            changed: Mutex::new(HashMap::new()),
         }
     }
 
@@ -193,7 +204,20 @@ impl StrataFs {
         let dir = |time| base(FileType::Directory, 0o755, 0, 0, time, TTL_CHANGING);
         Ok(match node {
             Node::Root => dir(self.mounted),
-            Node::DiskDir(d) | Node::SnapDir(d) => dir(self.dir_time(d)?),
+            Node::DiskDir(d) | Node::SnapDir(d) | Node::ChangesDir(d) => dir(self.dir_time(d)?),
+            Node::ChangesImg { from, to } => {
+                let info = self.repo.snapshot_info_by_layer(*to).ok_or(Errno::ENOENT)?;
+                let changed = self.changed_bytes(*from, *to)?;
+                // The name's meaning moves when the snapshot before goes.
+                base(
+                    FileType::RegularFile,
+                    0o444,
+                    info.size,
+                    changed.div_ceil(512),
+                    from_ns(info.taken),
+                    TTL_CHANGING,
+                )
+            }
             Node::Live(id) => {
                 let info = match self.repo.disk_name_of(*id) {
                     Some(name) => self.repo.disk_info(&name).map_err(|e| errno(&e))?,
@@ -266,6 +290,30 @@ impl StrataFs {
                 Node::Live(info.id)
             }
             Node::DiskDir(d) if name == SNAP_DIR => Node::SnapDir(d.clone()),
+            Node::DiskDir(d) if name == CHANGES_DIR => Node::ChangesDir(d.clone()),
+            Node::ChangesDir(d) => {
+                let stem = name.strip_suffix(IMG_SUFFIX).ok_or(Errno::ENOENT)?;
+                let layer = |s: &str| -> Result<LayerId, Errno> {
+                    let r = SnapshotRef {
+                        disk: d.clone(),
+                        snap: SnapName::parse(s).map_err(|_| Errno::ENOENT)?,
+                    };
+                    Ok(self.repo.snapshot_info(&r).map_err(|e| errno(&e))?.layer)
+                };
+                match stem.split_once('~') {
+                    Some((a, b)) => Node::ChangesImg {
+                        from: Some(layer(a)?),
+                        to: layer(b)?,
+                    },
+                    None => {
+                        let to = layer(stem)?;
+                        let snaps = self.repo.snapshots(d).map_err(|e| errno(&e))?;
+                        let at = snaps.iter().position(|s| s.layer == to);
+                        let from = at.and_then(|i| i.checked_sub(1)).map(|i| snaps[i].layer);
+                        Node::ChangesImg { from, to }
+                    }
+                }
+            }
             Node::SnapDir(d) => {
                 let snap = name.strip_suffix(IMG_SUFFIX).ok_or(Errno::ENOENT)?;
                 let r = SnapshotRef {
@@ -304,6 +352,24 @@ impl StrataFs {
                     FileType::Directory,
                     SNAP_DIR.into(),
                 ));
+                v.push((
+                    Node::ChangesDir(d.clone()),
+                    FileType::Directory,
+                    CHANGES_DIR.into(),
+                ));
+                v
+            }
+            Node::ChangesDir(d) => {
+                let mut v = vec![dot(node), dotdot(Node::DiskDir(d.clone()))];
+                let mut from = None;
+                for s in self.repo.snapshots(d).map_err(|e| errno(&e))? {
+                    v.push((
+                        Node::ChangesImg { from, to: s.layer },
+                        FileType::RegularFile,
+                        format!("{}{IMG_SUFFIX}", s.name),
+                    ));
+                    from = Some(s.layer);
+                }
                 v
             }
             Node::SnapDir(d) => {
@@ -317,7 +383,9 @@ impl StrataFs {
                 }
                 v
             }
-            Node::Live(_) | Node::SnapImg(_) => return Err(Errno::ENOTDIR),
+            Node::Live(_) | Node::SnapImg(_) | Node::ChangesImg { .. } => {
+                return Err(Errno::ENOTDIR)
+            }
         })
     }
 
@@ -329,7 +397,9 @@ impl StrataFs {
     /// read-only, the rest of the tree is shaped by the repository.
     fn refuse_change(&self, parent: INodeNo) -> Errno {
         match self.inodes.node(parent.0) {
-            Some(Node::SnapDir(_)) | Some(Node::SnapImg(_)) => Errno::EROFS,
+            Some(
+                Node::SnapDir(_) | Node::SnapImg(_) | Node::ChangesDir(_) | Node::ChangesImg { .. },
+            ) => Errno::EROFS,
             _ if self.read_only => Errno::EROFS,
             _ => Errno::EPERM,
         }
@@ -363,6 +433,42 @@ impl StrataFs {
         backings.retain(|_, w| w.strong_count() > 0);
         backings.insert(ino, Arc::downgrade(&id));
         Some(id)
+    }
+
+    /// The snapshot whose layer is `layer`, by name.
+    fn snapshot_ref(&self, layer: LayerId) -> Result<SnapshotRef, Errno> {
+        let info = self
+            .repo
+            .snapshot_info_by_layer(layer)
+            .ok_or(Errno::ENOENT)?;
+        Ok(SnapshotRef {
+            disk: DiskName::parse(&info.disk).map_err(|_| Errno::ENOENT)?,
+            snap: SnapName::parse(&info.name).map_err(|_| Errno::ENOENT)?,
+        })
+    }
+
+    /// Bytes of the ranges the changes image of `to` since `from` holds
+    /// (its `du`); the pair's changes never change, so they are kept.
+    fn changed_bytes(&self, from: Option<LayerId>, to: LayerId) -> Result<u64, Errno> {
+        if let Some(&n) = self.changed.lock().get(&(from, to)) {
+            return Ok(n);
+        }
+        let to_ref = self.snapshot_ref(to)?;
+        let from_ref = from.map(|f| self.snapshot_ref(f)).transpose()?;
+        let d = self
+            .repo
+            .diff(
+                from_ref.map(crate::store::ImageRef::Snapshot).as_ref(),
+                &crate::store::ImageRef::Snapshot(to_ref),
+            )
+            .map_err(|e| errno(&e))?;
+        let n = d.bytes();
+        let mut cache = self.changed.lock();
+        if cache.len() > 4096 {
+            cache.clear();
+        }
+        cache.insert((from, to), n);
+        Ok(n)
     }
 
     fn open_node(&self, node: &Node, flags: OpenFlags) -> Result<(Open, FopenFlags), Errno> {
@@ -404,6 +510,21 @@ impl StrataFs {
                     return Err(Errno::ENOENT);
                 }
                 Ok((Open::Snapshot(Arc::new(snap)), FopenFlags::FOPEN_KEEP_CACHE))
+            }
+            Node::ChangesImg { from, to } => {
+                if writing || flags.0 & libc::O_TRUNC != 0 {
+                    return Err(Errno::EROFS);
+                }
+                let to_ref = self.snapshot_ref(*to)?;
+                let from_ref = from.map(|f| self.snapshot_ref(f)).transpose()?;
+                let c = self
+                    .repo
+                    .open_changes(from_ref.as_ref(), &to_ref)
+                    .map_err(|e| errno(&e))?;
+                if c.snapshot().info().layer != *to {
+                    return Err(Errno::ENOENT);
+                }
+                Ok((Open::Changes(Arc::new(c)), FopenFlags::FOPEN_KEEP_CACHE))
             }
             _ => Err(Errno::EISDIR),
         }
@@ -706,7 +827,7 @@ impl Filesystem for StrataFs {
     ) {
         let result = self.handle(fh).and_then(|open| match open.as_ref() {
             Open::Live { disk, .. } => disk.flush().map_err(|e| errno(&e)),
-            Open::Snapshot(_) | Open::Passthrough { .. } => Ok(()),
+            Open::Snapshot(_) | Open::Passthrough { .. } | Open::Changes(_) => Ok(()),
         });
         match result {
             Ok(()) => reply.ok(),
@@ -728,6 +849,7 @@ impl Filesystem for StrataFs {
         reply.ok();
         let layer = match open.as_deref() {
             Some(Open::Snapshot(s) | Open::Passthrough { snap: s, .. }) => Some(s.info().layer),
+            Some(Open::Changes(c)) => Some(c.snapshot().info().layer),
             _ => None,
         };
         drop(open);

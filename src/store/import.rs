@@ -16,6 +16,7 @@ use super::catalog;
 use super::error::{Result, StoreError};
 use super::extents::BlockKind;
 use super::layer::{is_zero, LiveLayer};
+use super::vhd;
 
 /// Where an imported disk's bytes come from.
 pub struct ImportSource<'a> {
@@ -42,18 +43,47 @@ pub(crate) enum SourceKind {
 pub(crate) struct Checked {
     pub kind: SourceKind,
     pub size: u64,
+    /// A regular file's length (the image, and a VHD footer if any).
+    pub file_len: u64,
 }
 
 fn refused(name: &Path, why: impl Into<String>) -> StoreError {
     StoreError::Refused(format!("cannot import {}: {}", name.display(), why.into()))
 }
 
+/// The image's length in a regular file of `len` bytes: all of it, or
+/// what comes before a fixed VHD's footer.
+fn image_len(src: &ImportSource, len: u64) -> Result<u64> {
+    use std::os::unix::fs::FileExt;
+    let named_vhd = src
+        .name
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("vhd"));
+    if len < 2 * vhd::FOOTER {
+        return Ok(len);
+    }
+    let mut f = [0u8; 512];
+    src.file
+        .read_exact_at(&mut f, len - vhd::FOOTER)
+        .map_err(StoreError::io(src.name))?;
+    match vhd::parse(&f, len) {
+        vhd::Footer::Fixed(size) => Ok(size),
+        vhd::Footer::Refused(why) => Err(refused(src.name, why)),
+        vhd::Footer::None if named_vhd => Err(refused(
+            src.name,
+            "it is named .vhd but has no VHD footer at its end; rename it if it is a raw image",
+        )),
+        vhd::Footer::None => Ok(len),
+    }
+}
+
 /// Checks what the source is and how large, before a disk is made.
 pub(crate) fn check(src: &ImportSource) -> Result<Checked> {
     let md = src.file.metadata().map_err(StoreError::io(src.name))?;
     let ft = md.file_type();
+    let file_len = md.len();
     let (kind, own) = if ft.is_file() {
-        (SourceKind::Regular, Some(md.len()))
+        (SourceKind::Regular, Some(image_len(src, md.len())?))
     } else if ft.is_block_device() {
         let mut f = src.file;
         let len = f.seek(SeekFrom::End(0)).map_err(StoreError::io(src.name))?;
@@ -94,7 +124,11 @@ pub(crate) fn check(src: &ImportSource) -> Result<Checked> {
         ));
     }
     catalog::check_disk_size(size)?;
-    Ok(Checked { kind, size })
+    Ok(Checked {
+        kind,
+        size,
+        file_len,
+    })
 }
 
 /// Copies the source into a fresh live layer, whole blocks at a time,
@@ -107,7 +141,7 @@ pub(crate) fn copy_into(
 ) -> Result<()> {
     let mut w = Writer::new(live);
     match checked.kind {
-        SourceKind::Regular => copy_regular(&mut w, src, checked.size, progress)?,
+        SourceKind::Regular => copy_regular(&mut w, src, checked.size, checked.file_len, progress)?,
         SourceKind::Device => {
             copy_positional(&mut w, src, 0..checked.size, checked.size, progress)?
         }
@@ -199,6 +233,7 @@ fn copy_regular(
     w: &mut Writer,
     src: &ImportSource,
     size: u64,
+    file_len: u64,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<()> {
     let bs = w.bs;
@@ -225,11 +260,11 @@ fn copy_regular(
         pos = region.end.max(pos + 1);
     }
     let now = src.file.metadata().map_err(StoreError::io(src.name))?.len();
-    if now != size {
+    if now != file_len {
         return Err(refused(
             src.name,
             format!(
-                "it changed size while it was read ({size} bytes, then {now}); nothing was imported"
+                "it changed size while it was read ({file_len} bytes, then {now}); nothing was imported"
             ),
         ));
     }

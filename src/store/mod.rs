@@ -57,6 +57,7 @@
 //! | disk create / import | catalog (each commit) |
 //! | open | the repository lock; everything else is not yet shared |
 
+pub mod apply;
 pub mod catalog;
 pub mod disk;
 pub mod error;
@@ -75,6 +76,7 @@ pub mod snapshot;
 pub mod storage;
 pub mod stream;
 mod upgrade;
+pub mod vhd;
 
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
@@ -97,11 +99,12 @@ pub use import::ImportSource;
 use journal::Journal;
 use layer::{Geometry, LayerFiles, LayerPaths, LiveLayer};
 pub use names::{DiskName, ImageRef, LayerId, SnapName, SnapshotRef};
+pub use ops::bookmark::{Bookmark, BookmarkInfo};
 pub use ops::delete::DeleteReport;
 pub use ops::gc::GcReport;
 pub use ops::prune::{PruneReport, Retention};
 pub use ops::receive::{PartialReceive, ReceiveReport};
-pub use ops::send::{ResumeToken, SendReport};
+pub use ops::send::{ResumeToken, SendBase, SendReport};
 pub use ops::snapshot::{Critical, SnapshotOptions};
 pub use ops::usage::{DailyUsage, UsageReport};
 pub use recovery::QuarantinedFile;

@@ -16,6 +16,11 @@
 //!   layers/<id>.data   a layer's blocks             (raw, sparse)
 //!   layers/<id>.idx    a frozen layer's index       (document, kind "STRATIDX")
 //!   layers/<id>.log    a live layer's journal       (log, kind "STRATLOG")
+//!   receiving/<disk>@<snap>/  a receive under way or cut short: `data`
+//!                      (the new layer's data file) and `state` (document,
+//!                      kind "STRATRCV"); see `ops::receive`
+//!   bookmarks/<disk>#<snap>   what a sent snapshot was (document, kind
+//!                      "STRATBMK"); see `ops::bookmark`
 //!   quarantine/<time>/ files found on open that nothing names, set aside
 //!   tmp/               scratch for atomic replacement (NAME.PID.N.tmp), removed
 //!                      on open; anything else found there is set aside

@@ -174,3 +174,100 @@ impl Repository {
         }
     }
 }
+
+/// A snapshot's changes as an image: the blocks that may differ from an
+/// older image read as the snapshot has them, every other byte as zeros,
+/// and `SEEK_DATA`/`SEEK_HOLE` find exactly the changed ranges (a range
+/// that changed to zeros is data that reads as zeros).
+pub struct Changes {
+    snap: crate::store::Snapshot,
+    blocks: ExtentSet,
+    geo: Geometry,
+}
+
+impl Changes {
+    pub fn snapshot(&self) -> &crate::store::Snapshot {
+        &self.snap
+    }
+
+    /// Bytes of the changed ranges.
+    pub fn changed_bytes(&self) -> u64 {
+        Diff {
+            size: self.geo.size,
+            from_size: 0,
+            block_size: self.geo.block_size,
+            blocks: self.blocks.clone(),
+        }
+        .bytes()
+    }
+}
+
+impl Repository {
+    /// The changes of snapshot `to` since `from` (an empty disk when
+    /// `None`), as an image.
+    pub fn open_changes(
+        &self,
+        from: Option<&crate::store::SnapshotRef>,
+        to: &crate::store::SnapshotRef,
+    ) -> Result<Changes> {
+        let snap = self.open_snapshot(to)?;
+        let from = from.cloned().map(ImageRef::Snapshot);
+        let d = self.diff(from.as_ref(), &ImageRef::Snapshot(to.clone()))?;
+        Ok(Changes {
+            geo: Geometry {
+                size: d.size,
+                block_size: d.block_size,
+            },
+            blocks: d.blocks,
+            snap,
+        })
+    }
+}
+
+impl crate::store::ImageRead for Changes {
+    fn size(&self) -> u64 {
+        self.geo.size
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        let size = self.geo.size;
+        if offset >= size || buf.is_empty() {
+            return Ok(0);
+        }
+        let end = (offset + buf.len() as u64).min(size);
+        let bs = self.geo.block_size as u64;
+        for (blocks, inside) in self.blocks.segments(offset / bs..end.div_ceil(bs)) {
+            let r = self.geo.byte_range(blocks);
+            let (s, e) = (r.start.max(offset), r.end.min(end));
+            let dst = &mut buf[(s - offset) as usize..(e - offset) as usize];
+            if inside {
+                self.snap.read_at(s, dst)?;
+            } else {
+                dst.fill(0);
+            }
+        }
+        Ok((end - offset) as usize)
+    }
+
+    fn seek_data(&self, offset: u64) -> Result<Option<u64>> {
+        let bs = self.geo.block_size as u64;
+        let first = offset / bs;
+        let hit = self
+            .blocks
+            .runs()
+            .find(|r| r.end > first)
+            .map(|r| (r.start * bs).max(offset));
+        Ok(hit.filter(|&o| o < self.geo.size))
+    }
+
+    fn seek_hole(&self, offset: u64) -> Result<u64> {
+        let bs = self.geo.block_size as u64;
+        let b = offset / bs;
+        let end = self
+            .blocks
+            .runs()
+            .find(|r| r.start <= b && b < r.end)
+            .map_or(offset, |r| r.end * bs);
+        Ok(end.min(self.geo.size).max(offset.min(self.geo.size)))
+    }
+}

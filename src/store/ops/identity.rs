@@ -17,32 +17,34 @@ impl Repository {
         if let Some(id) = self.inner.identities.lock().get(&info.layer) {
             return Ok(*id);
         }
-        // A delete's tidy may merge a layer of the chain while it is read:
-        // then the chain is taken again.
-        let mut tries = 0;
-        let id = loop {
-            let generation = self.catalog().generation;
-            match self.compute_identity(info.layer) {
-                Err(e) if tries < 3 && self.catalog().generation != generation => {
-                    log::debug!("identity of {r}: {e}; the layer tree changed meanwhile, again");
-                    tries += 1;
-                }
-                r => break r?,
-            }
-        };
+        let (geo, blocks) = self.snapshot_hashes(r)?;
+        let id = identity::of_blocks(geo.size, geo.block_size, &blocks);
         self.inner.identities.lock().insert(info.layer, id);
         Ok(id)
     }
 
-    fn compute_identity(&self, top: LayerId) -> Result<Identity> {
-        let cat = self.catalog();
-        let geo = geometry(&cat, top);
-        if geo.block_size == 0 {
-            return Err(StoreError::Refused(format!(
-                "layer {top} is not in the catalog"
-            )));
+    /// The hash of every data block of snapshot `r`'s image, by block (the
+    /// other blocks read as zeros), and its geometry.
+    pub fn snapshot_hashes(&self, r: &SnapshotRef) -> Result<(Geometry, Vec<(u64, Hash)>)> {
+        // A delete's tidy may merge a layer of the chain while it is read:
+        // then the chain is taken again.
+        let mut tries = 0;
+        loop {
+            let info = self.snapshot_info(r)?;
+            let generation = self.catalog().generation;
+            let geo = Geometry {
+                size: info.size,
+                block_size: info.block_size,
+            };
+            let chain = self.catalog().chain(info.layer);
+            match self.hashes_over(None, &chain) {
+                Err(e) if tries < 3 && self.catalog().generation != generation => {
+                    log::debug!("hashes of {r}: {e}; the layer tree changed meanwhile, again");
+                    tries += 1;
+                }
+                r => return Ok((geo, r?)),
+            }
         }
-        self.identity_over(geo, None, &cat.chain(top))
     }
 
     /// The identity of an image of geometry `geo` made of `first` (an
@@ -54,6 +56,17 @@ impl Repository {
         first: Option<&FrozenIndex>,
         chain: &[LayerId],
     ) -> Result<Identity> {
+        let blocks = self.hashes_over(first, chain)?;
+        Ok(identity::of_blocks(geo.size, geo.block_size, &blocks))
+    }
+
+    /// The hash of each data block of the image `first` over `chain` makes,
+    /// sorted by block.
+    fn hashes_over(
+        &self,
+        first: Option<&FrozenIndex>,
+        chain: &[LayerId],
+    ) -> Result<Vec<(u64, Hash)>> {
         let cat = self.catalog();
         let mut covered = ExtentSet::new();
         let mut blocks: Vec<(u64, Hash)> = Vec::new();
@@ -78,6 +91,11 @@ impl Repository {
         }
         for &id in chain {
             let lgeo = geometry(&cat, id);
+            if lgeo.block_size == 0 {
+                return Err(StoreError::Refused(format!(
+                    "layer {id} is not in the catalog"
+                )));
+            }
             let mut idx = layer::read_index(&self.inner.files, id, lgeo)?;
             if idx
                 .pieces
@@ -89,6 +107,6 @@ impl Repository {
             take(&idx, id.to_string())?;
         }
         blocks.sort_unstable_by_key(|(b, _)| *b);
-        Ok(identity::of_blocks(geo.size, geo.block_size, &blocks))
+        Ok(blocks)
     }
 }

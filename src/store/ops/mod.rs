@@ -2,6 +2,7 @@
 //! snapshots, deleting, changing disks in place, putting the layer tree in
 //! order, gc, retention and usage.
 
+pub mod bookmark;
 pub mod create;
 pub mod delete;
 pub mod diff;

@@ -283,10 +283,9 @@ impl Repository {
             begin.taken,
         )?;
         self.remove_staging(&r);
-        self.inner.identities.lock().insert(
-            self.snapshot_info(&r).map(|i| i.layer).unwrap_or_default(),
-            want,
-        );
+        if let Ok(info) = self.snapshot_info(&r) {
+            self.inner.identities.lock().insert(info.layer, want);
+        }
         Ok(ReceiveReport {
             snapshot: r.to_string(),
             identity: want.to_string(),

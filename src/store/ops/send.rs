@@ -9,6 +9,8 @@ use crate::store::error::{Result, StoreError};
 use crate::store::image::ImageRead;
 use crate::store::layer::is_zero;
 use crate::store::names::{ImageRef, SnapshotRef};
+use crate::store::ops::bookmark;
+use crate::store::ops::diff::Diff;
 use crate::store::stream::{Base, Begin, Writer, MAX_DATA};
 use crate::store::Repository;
 
@@ -56,6 +58,33 @@ impl ResumeToken {
     }
 }
 
+/// What an incremental send is taken from: a snapshot, or the bookmark a
+/// deleted one left (`DISK#SNAP`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SendBase {
+    Snapshot(SnapshotRef),
+    Bookmark(SnapshotRef),
+}
+
+impl SendBase {
+    /// Parses `DISK@SNAP` or `DISK#SNAP`.
+    pub fn parse(s: &str) -> Result<SendBase, crate::store::names::NameError> {
+        match s.split_once('#') {
+            Some((d, b)) => Ok(SendBase::Bookmark(SnapshotRef::parse(&format!("{d}@{b}"))?)),
+            None => Ok(SendBase::Snapshot(SnapshotRef::parse(s)?)),
+        }
+    }
+}
+
+impl std::fmt::Display for SendBase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SendBase::Snapshot(r) => r.fmt(f),
+            SendBase::Bookmark(r) => write!(f, "{}#{}", r.disk, r.snap),
+        }
+    }
+}
+
 /// What a send wrote.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SendReport {
@@ -75,34 +104,59 @@ impl Repository {
     pub fn send(
         &self,
         r: &SnapshotRef,
-        from: Option<&SnapshotRef>,
+        from: Option<&SendBase>,
         resume: Option<&ResumeToken>,
         out: &mut dyn Write,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<SendReport> {
         let info = self.snapshot_info(r)?;
         let identity = self.identity(r)?;
-        let base = match from {
-            Some(b) => {
+        let check = |name: &dyn std::fmt::Display, block_size: u32, size: u64| {
+            if block_size != info.block_size {
+                return Err(StoreError::Refused(format!(
+                    "{name} and {r} have different block sizes; send {r} in full"
+                )));
+            }
+            if size > info.size {
+                return Err(StoreError::Refused(format!(
+                    "{name} is larger than {r} (a later size of the disk): \
+                     send from an older snapshot, or in full"
+                )));
+            }
+            Ok(())
+        };
+        // The base, and the blocks that may differ from it.
+        let (base, blocks) = match from {
+            Some(SendBase::Snapshot(b)) => {
                 let bi = self.snapshot_info(b)?;
-                if bi.block_size != info.block_size {
-                    return Err(StoreError::Refused(format!(
-                        "{b} and {r} have different block sizes; send {r} in full"
-                    )));
-                }
-                if bi.size > info.size {
-                    return Err(StoreError::Refused(format!(
-                        "{b} is larger than {r} (a later size of the disk): \
-                         send from an older snapshot, or in full"
-                    )));
-                }
-                Some(Base {
+                check(b, bi.block_size, bi.size)?;
+                let diff = self.diff(
+                    Some(&ImageRef::Snapshot(b.clone())),
+                    &ImageRef::Snapshot(r.clone()),
+                )?;
+                let base = Base {
                     identity: self.identity(b)?.0,
                     size: bi.size,
                     name: b.to_string(),
-                })
+                };
+                (Some(base), diff.blocks)
             }
-            None => None,
+            Some(SendBase::Bookmark(b)) => {
+                let bm = self.bookmark(b)?;
+                let name = from.map(ToString::to_string).unwrap_or_default();
+                check(&name, bm.block_size, bm.size)?;
+                let (_, hashes) = self.snapshot_hashes(r)?;
+                let base = Base {
+                    identity: bm.identity,
+                    size: bm.size,
+                    name,
+                };
+                (Some(base), bookmark::differing(&bm.blocks, &hashes))
+            }
+            None => {
+                let diff = self.diff(None, &ImageRef::Snapshot(r.clone()))?;
+                (None, diff.blocks)
+            }
         };
         let resume_from = match resume {
             Some(t) => {
@@ -130,10 +184,12 @@ impl Repository {
             }
             None => None,
         };
-        let diff = self.diff(
-            from.cloned().map(ImageRef::Snapshot).as_ref(),
-            &ImageRef::Snapshot(r.clone()),
-        )?;
+        let diff = Diff {
+            size: info.size,
+            from_size: base.as_ref().map_or(0, |b| b.size),
+            block_size: info.block_size,
+            blocks,
+        };
         let start = resume_from.unwrap_or(0);
         let ranges: Vec<(u64, u64)> = diff
             .ranges()
@@ -195,6 +251,10 @@ impl Repository {
             }
         }
         let stream_bytes = w.end().map_err(io)?;
+        // The replica's next base: kept as a bookmark if `r` goes.
+        if let Err(e) = self.bookmark_sent(r) {
+            log::warn!("sent {r}, but could not leave a bookmark of it: {e}");
+        }
         Ok(SendReport {
             stream_bytes,
             data_bytes,
