@@ -253,7 +253,7 @@ fn a_deleted_disk_keeps_its_snapshots_and_clones_outlive_their_source() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     entries.sort();
-    assert_eq!(entries, ["snapshots"]);
+    assert_eq!(entries, ["changes", "snapshots"]);
     assert!(read_range(&m.snap("vm", "base"), 0, 32 << 20) == a);
     let listed = json(&m.repo, &["snapshot", "list", "vm", "--json"]);
     assert_eq!(listed.as_array().unwrap().len(), 1);

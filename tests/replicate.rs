@@ -702,3 +702,119 @@ fn vhd_out_and_in() {
     );
     assert!(!strata_ok(&a, &["disk", "list"]).contains("bad"));
 }
+
+/// Three rounds of ext4 with files: a full send, then incrementals, one
+/// of them while both repositories are mounted. Each received snapshot has
+/// its source's identity, exports bit-identical, and its ext4 mounts
+/// read-only with the files of its round; a drill disk made from the first
+/// received snapshot is written between rounds and changes none of them.
+#[test]
+fn ext4_history_copied_round_by_round() {
+    if !common::fuse_available() {
+        eprintln!("skipped: /dev/fuse is missing");
+        return;
+    }
+    let a = common::Mounted::new(&[("vm", "64M")], &[]);
+    let top = tempfile::tempdir().unwrap();
+    let b_repo = top.path().join("b");
+    let b_mp = top.path().join("bmnt");
+    std::fs::create_dir(&b_mp).unwrap();
+    strata_ok(&b_repo, &["init"]);
+    let live = a.live("vm");
+    common::sh(&format!("mkfs.ext4 -q -F '{}'", live.display()));
+    let exe = env!("CARGO_BIN_EXE_strata");
+    let fsdir = top.path().join("fs");
+    let mut b_pid = None;
+    for round in 1..=3u64 {
+        {
+            let mut lo = common::Loop::attach(&live, false);
+            lo.mount(&fsdir, "rw");
+            std::fs::write(
+                fsdir.join(format!("round{round}.bin")),
+                random(300_000, round),
+            )
+            .unwrap();
+            std::fs::write(fsdir.join("latest"), format!("round {round}")).unwrap();
+            if round == 3 {
+                std::fs::remove_file(fsdir.join("round1.bin")).unwrap();
+            }
+            lo.umount(&fsdir);
+        }
+        let name = format!("r{round}");
+        a.snapshot("vm", &name);
+        if round == 2 {
+            strata_ok(&b_repo, &["mount", b_mp.to_str().unwrap()]);
+            b_pid = Some(
+                std::fs::read_to_string(b_repo.join("lock"))
+                    .unwrap()
+                    .trim()
+                    .to_string(),
+            );
+            // The drill is written through the replica's mount.
+            let drill = b_mp.join("drill").join("live.img");
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&drill)
+                .unwrap();
+            use std::os::unix::fs::FileExt;
+            f.write_all_at(&random(1 << 20, 77), 0).unwrap();
+            f.sync_all().unwrap();
+        }
+        let from = if round == 1 {
+            String::new()
+        } else {
+            format!("--from vm@r{}", round - 1)
+        };
+        common::sh(&format!(
+            "'{exe}' --repo '{}' send vm@{name} {from} | '{exe}' --repo '{}' receive",
+            a.repo.display(),
+            b_repo.display()
+        ));
+        if round == 1 {
+            strata_ok(&b_repo, &["disk", "create", "drill", "--from", "vm@r1"]);
+        }
+        if round == 2 {
+            strata_ok(&b_repo, &["umount", b_mp.to_str().unwrap()]);
+            let pid = b_pid.take().unwrap();
+            common::wait_until("the replica's daemon to exit", || {
+                !common::pid_alive(pid.parse().unwrap())
+            });
+        }
+        let id = |repo: &Path, s: &str| strata_ok(repo, &["snapshot", "id", s]);
+        for r in 1..=round {
+            let s = format!("vm@r{r}");
+            assert_eq!(id(&a.repo, &s), id(&b_repo, &s), "{s} after round {round}");
+        }
+        let (ea, eb) = (top.path().join("a.img"), top.path().join("b.img"));
+        strata_ok(
+            &a.repo,
+            &[
+                "export",
+                &format!("vm@{name}"),
+                ea.to_str().unwrap(),
+                "--force",
+            ],
+        );
+        strata_ok(
+            &b_repo,
+            &[
+                "export",
+                &format!("vm@{name}"),
+                eb.to_str().unwrap(),
+                "--force",
+            ],
+        );
+        common::sh(&format!("cmp '{}' '{}'", ea.display(), eb.display()));
+        let seen = top.path().join("seen");
+        let _lo = common::clean_ext4(&eb, &seen);
+        assert_eq!(
+            std::fs::read_to_string(seen.join("latest")).unwrap(),
+            format!("round {round}")
+        );
+        assert!(
+            std::fs::read(seen.join(format!("round{round}.bin"))).unwrap()
+                == random(300_000, round)
+        );
+        assert_eq!(seen.join("round1.bin").exists(), round < 3);
+    }
+}

@@ -51,6 +51,7 @@ pub fn time(unix_ns: u64) -> String {
 pub struct Progress {
     what: &'static str,
     enabled: bool,
+    started: Instant,
     last: Instant,
     shown: bool,
 }
@@ -60,11 +61,13 @@ impl Progress {
         Progress {
             what,
             enabled: std::io::stderr().is_terminal(),
+            started: Instant::now(),
             last: Instant::now(),
             shown: false,
         }
     }
 
+    /// Redraws: percent, bytes, rate and time left.
     pub fn update(&mut self, done: u64, total: u64) {
         if !self.enabled || self.last.elapsed() < Duration::from_millis(200) {
             return;
@@ -72,11 +75,20 @@ impl Progress {
         self.last = Instant::now();
         self.shown = true;
         let pct = (done * 100).checked_div(total).unwrap_or(100);
+        let secs = self.started.elapsed().as_secs_f64();
+        let rate = if secs > 0.0 { done as f64 / secs } else { 0.0 };
+        let left = if rate > 0.0 {
+            let s = (total.saturating_sub(done) as f64 / rate).round() as u64;
+            format!("  {}:{:02} left", s / 60, s % 60)
+        } else {
+            String::new()
+        };
         eprint!(
-            "\r{} {pct:3}%  {} of {}",
+            "\r{} {pct:3}%  {} of {}  {}/s{left}   ",
             self.what,
             strata::units::format_size(done),
-            strata::units::format_size(total)
+            strata::units::format_size(total),
+            strata::units::format_size(rate as u64),
         );
         let _ = std::io::stderr().flush();
     }
