@@ -327,13 +327,16 @@ impl<R: Read> Reader<R> {
                     what: format!("unknown flags {flags:#x}"),
                 });
             }
-            let mut payload = vec![0u8; len as usize];
-            read_full(
-                &mut self.input,
-                &mut payload,
-                &format!("inside record {seq}"),
-            )?;
-            if crc(&payload) != u32_at(16) {
+            // A Data record's offset is read apart from its bytes, so the
+            // bytes need no copy to be handed over.
+            let split = if kind == T_DATA && len >= 8 { 8 } else { 0 };
+            let mut head = [0u8; 8];
+            let mut payload = vec![0u8; len as usize - split];
+            let inside = format!("inside record {seq}");
+            read_full(&mut self.input, &mut head[..split], &inside)?;
+            read_full(&mut self.input, &mut payload, &inside)?;
+            let c = crc32c::crc32c_append(crc(&head[..split]), &payload);
+            if c != u32_at(16) {
                 return Err(StreamError::Damaged {
                     seq,
                     what: "its payload checksum does not match".into(),
@@ -341,8 +344,9 @@ impl<R: Read> Reader<R> {
             }
             let before = *self.hash.clone().finalize().as_bytes();
             self.hash.update(&h);
+            self.hash.update(&head[..split]);
             self.hash.update(&payload);
-            self.bytes += (HEADER + payload.len()) as u64;
+            self.bytes += (HEADER + split + payload.len()) as u64;
             self.seq += 1;
             let bad = |what: String| StreamError::Malformed { seq, what };
             let rec = match kind {
@@ -368,13 +372,14 @@ impl<R: Read> Reader<R> {
                 _ if !self.begun => return Err(bad("the stream does not start with Begin".into())),
                 T_DATA | T_ZERO => {
                     let (offset, len, data) = if kind == T_DATA {
-                        if payload.len() < 8 || payload.len() - 8 > MAX_DATA {
+                        if split != 8 || payload.len() > MAX_DATA {
                             return Err(bad("a Data record of impossible length".into()));
                         }
-                        let offset =
-                            u64::from_le_bytes(payload[..8].try_into().unwrap_or_default());
-                        let data = payload.split_off(8);
-                        (offset, data.len() as u64, Some(data))
+                        (
+                            u64::from_le_bytes(head),
+                            payload.len() as u64,
+                            Some(payload),
+                        )
                     } else {
                         if payload.len() != 16 {
                             return Err(bad("a Zero record of the wrong length".into()));

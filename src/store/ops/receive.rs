@@ -22,7 +22,7 @@ use crate::store::error::{Result, StoreError};
 use crate::store::extents::ExtentSet;
 use crate::store::format::{self, LayerFileKind};
 use crate::store::identity::Identity;
-use crate::store::layer::{self, FrozenIndex, Geometry, Piece};
+use crate::store::layer::{self, BlockSum, FrozenIndex, Geometry, Piece};
 use crate::store::names::{DiskName, LayerId, SnapName, SnapshotRef};
 use crate::store::ops::send::ResumeToken;
 use crate::store::stream::{Begin, Reader, Record, StreamError};
@@ -31,7 +31,7 @@ use crate::store::{Event, Repository};
 const STAGING_DIR: &str = "receiving";
 const MAGIC_RECEIVE: [u8; 8] = *b"STRATRCV";
 /// Data received between two checkpoints.
-const CHECKPOINT_BYTES: u64 = 64 << 20;
+const CHECKPOINT_BYTES: u64 = 256 << 20;
 
 /// A receive's progress, kept beside its staged data.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -212,6 +212,18 @@ impl Repository {
         let mut since_checkpoint = 0u64;
         let mut done = 0u64;
         let mut end_of_last = state.received_to;
+        // Blocks are summed as they arrive, beside the writing (what an
+        // earlier, cut-short part brought is read back at the end).
+        let (to_hash, hashed) = std::sync::mpsc::sync_channel::<(u64, Vec<u8>)>(8);
+        let hasher = std::thread::spawn(move || {
+            let mut sums = std::collections::BTreeMap::new();
+            for (offset, bytes) in hashed {
+                for (i, block) in bytes.chunks(bs as usize).enumerate() {
+                    sums.insert(offset / bs + i as u64, BlockSum::of(block));
+                }
+            }
+            sums
+        });
         loop {
             let rec = match reader.next_record() {
                 Ok(Some(rec)) => rec,
@@ -234,6 +246,8 @@ impl Repository {
                     since_checkpoint += bytes.len() as u64;
                     done += bytes.len() as u64;
                     progress(done, begin.data_bytes);
+                    // If the hasher is gone, the blocks are read back below.
+                    let _ = to_hash.send((offset, bytes));
                 }
                 Record::Zero { offset, len } => {
                     let end = offset + len;
@@ -249,8 +263,28 @@ impl Repository {
             }
         }
         file.sync_data().map_err(io(&data_path))?;
+        drop(to_hash);
+        let mut hashed = hasher.join().unwrap_or_default();
         // The new layer, checked against the stream's identity.
-        let sums = layer::sums_of(file.as_ref(), &data_path, geo, &data)?;
+        let missing = ExtentSet::from_extents(
+            data.runs()
+                .flatten()
+                .filter(|b| !hashed.contains_key(b))
+                .map(|b| (b, 1)),
+        );
+        for (b, sum) in
+            missing
+                .runs()
+                .flatten()
+                .zip(layer::sums_of(file.as_ref(), &data_path, geo, &missing)?)
+        {
+            hashed.insert(b, sum);
+        }
+        let sums: Vec<BlockSum> = data
+            .runs()
+            .flatten()
+            .filter_map(|b| hashed.get(&b).copied())
+            .collect();
         let chain = match base_layer {
             Some(b) => self.catalog().chain(b),
             None => vec![],
