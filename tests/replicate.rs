@@ -109,7 +109,8 @@ fn full_then_incrementals_arrive_identical() {
         .write_at(0, &[0xee; 65536])
         .unwrap();
     assert!(read_all(&dst.open_snapshot(&snap("vm@s2")).unwrap()) == images[1].1);
-    // Sent again as another disk, from s1: base found by identity.
+    // Sent again (while the drill exists) as another disk, from s1: the
+    // base is found by identity.
     let stream = send(&src, "vm@s3", Some("vm@s1"));
     let rep = dst
         .receive(
@@ -120,6 +121,15 @@ fn full_then_incrementals_arrive_identical() {
         .unwrap();
     assert_eq!(rep.snapshot, "copy@s3");
     assert!(read_all(&dst.open_snapshot(&snap("copy@s3")).unwrap()) == images[2].1);
+    // Deleting the drill gives its space back, and the replica reads the same.
+    let used = dst.usage(None).unwrap().used_bytes;
+    dst.delete_disk(&drill, false).unwrap();
+    let after = dst.usage(None).unwrap().used_bytes;
+    assert!(
+        after + 65536 <= used,
+        "the drill's block stayed: {used} then {after}"
+    );
+    assert!(read_all(&dst.open_snapshot(&snap("vm@s2")).unwrap()) == images[1].1);
 }
 
 /// Receives `stream` into a fresh copy of `base_root` and checks it is
@@ -178,7 +188,14 @@ fn bad_streams_are_refused_and_change_nothing() {
     ] {
         let mut bad = inc.clone();
         bad[at] ^= 0x20;
-        refused(&b, &bad, "", &format!("bit flipped at {at}"));
+        // The preamble names what it is; past it, every byte is covered by
+        // a record checksum or the whole-stream hash.
+        let expect = match at {
+            0..8 => "not a strata send stream",
+            8..12 => "format version",
+            _ => "damaged",
+        };
+        refused(&b, &bad, expect, &format!("bit flipped at {at}"));
     }
     refused(
         &b,

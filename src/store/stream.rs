@@ -38,7 +38,7 @@
 //! | 1 | `Begin`, first | [`Begin`], postcard-encoded |
 //! | 2 | `Data` | offset (`u64`), then the bytes at that offset of the image |
 //! | 3 | `Zero` | offset (`u64`), length (`u64`): the range reads as zeros |
-//! | 4 | `End`, last | [`End`], postcard-encoded |
+//! | 4 | `End`, last | [`End`], postcard-encoded: the record count, the stream's hash, the result's identity |
 //!
 //! `Data` and `Zero` ranges lie inside the image, start on a block
 //! boundary, end on one (or at the image's end), and come in increasing
@@ -123,6 +123,8 @@ pub struct End {
     pub records: u64,
     /// BLAKE3 of every byte of the stream before this record.
     pub stream_hash: [u8; 32],
+    /// The content identity of the result: the snapshot's, as in `Begin`.
+    pub identity: [u8; 32],
 }
 
 /// One record, as read.
@@ -235,11 +237,13 @@ impl<W: Write> Writer<W> {
         self.record(kind, F_OPTIONAL, &[payload])
     }
 
-    /// Writes `End` and flushes; returns the bytes written in all.
-    pub fn end(mut self) -> io::Result<u64> {
+    /// Writes `End`, naming the result's `identity`, and flushes; returns
+    /// the bytes written in all.
+    pub fn end(mut self, identity: [u8; 32]) -> io::Result<u64> {
         let end = End {
             records: self.seq,
             stream_hash: *self.hash.finalize().as_bytes(),
+            identity,
         };
         self.record(T_END, 0, &[&encode(&end)])?;
         self.out.flush()?;
@@ -264,6 +268,8 @@ pub struct Reader<R: Read> {
     next_offset: u64,
     size: u64,
     block_size: u64,
+    /// The result's identity, as `Begin` names it.
+    identity: [u8; 32],
 }
 
 impl<R: Read> Reader<R> {
@@ -290,6 +296,7 @@ impl<R: Read> Reader<R> {
             next_offset: 0,
             size: 0,
             block_size: 1,
+            identity: [0; 32],
         })
     }
 
@@ -367,6 +374,7 @@ impl<R: Read> Reader<R> {
                     self.size = b.size;
                     self.block_size = b.block_size as u64;
                     self.next_offset = b.resume_from.unwrap_or(0);
+                    self.identity = b.identity;
                     Record::Begin(b)
                 }
                 _ if !self.begun => return Err(bad("the stream does not start with Begin".into())),
@@ -405,6 +413,12 @@ impl<R: Read> Reader<R> {
                                 "the whole-stream hash in End does not match the records before it"
                                     .into(),
                         });
+                    }
+                    if e.identity != self.identity {
+                        return Err(bad(
+                            "its End names another result than its Begin (identities differ)"
+                                .into(),
+                        ));
                     }
                     self.ended = true;
                     Record::End(e)
@@ -483,7 +497,7 @@ mod tests {
             w.data(0, &[1u8; 65536]).unwrap();
             w.optional(999, b"a note from the future").unwrap();
             w.zero(131072, 65536).unwrap();
-            w.end().unwrap();
+            w.end([7; 32]).unwrap();
         }
         buf
     }

@@ -250,7 +250,7 @@ impl Repository {
                 progress(done, total);
             }
         }
-        let stream_bytes = w.end().map_err(io)?;
+        let stream_bytes = w.end(identity.0).map_err(io)?;
         // The replica's next base: kept as a bookmark if `r` goes.
         if let Err(e) = self.bookmark_sent(r) {
             log::warn!("sent {r}, but could not leave a bookmark of it: {e}");
