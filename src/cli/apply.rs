@@ -10,16 +10,7 @@ use strata::units::format_size;
 use super::output::Progress;
 use super::{CmdResult, Failure};
 
-/// Apply a `strata send` stream onto a raw image file or a block device
-///
-/// Needs no repository: a base image at the second site, then only the
-/// changes copied onto it. An incremental stream is applied only when the
-/// target's content is the stream's base (its content identity is checked
-/// first, before anything is written); only the changed ranges are
-/// written, zero ranges punched. At the end the target's identity is
-/// checked against the snapshot's. An apply cut short leaves a state file
-/// (TARGET.strata-apply, or --state) that says so; applying the same
-/// stream again finishes it.
+/// Arguments of `strata apply` (its help is on the command).
 #[derive(clap::Args)]
 #[command(after_help = "Examples:\n  \
 strata send vm1@monday | ssh dr 'strata apply /srv/vm1.img'              # the base (a full stream)\n  \

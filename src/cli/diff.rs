@@ -11,18 +11,7 @@ use super::output;
 use super::target::{unexpected, Target};
 use super::{CmdResult, Failure};
 
-/// The byte ranges whose content may differ between two images
-///
-/// Prints OFFSET and LENGTH in bytes, one maximal run per line: the ranges
-/// that differ between FROM and TO, or may (a block rewritten with the
-/// same bytes is still listed). Reading those ranges from TO and writing
-/// them onto a copy of FROM, made TO's size, gives TO exactly. With one
-/// image, FROM is an empty disk: the ranges are what TO holds.
-///
-/// Either image may be a snapshot (DISK@SNAP) or a live disk (DISK), older
-/// or newer, and on another branch of the same history (a disk made with
-/// `disk create --from`). Only the layers between the two are read: the
-/// time grows with what changed, not with the disk's size.
+/// Arguments of `strata diff` (its help is on the command).
 #[derive(clap::Args)]
 #[command(after_help = "Examples:\n  \
 strata diff vm1@monday vm1@tuesday\n  \

@@ -57,18 +57,53 @@ enum Command {
     /// Create, import, list, delete, roll back, resize and rename disks
     #[command(subcommand)]
     Disk(disk::DiskCommand),
-    /// Take, list, delete, fill in and rename snapshots
+    /// Take, list, delete, fill in, identify and rename snapshots
     #[command(subcommand)]
     Snapshot(snapshot::SnapshotCommand),
     /// Write a full raw image of a disk or snapshot to a file
     Export(export::ExportArgs),
     /// The byte ranges that may differ between two snapshots or disks
+    ///
+    /// Prints OFFSET and LENGTH in bytes, one maximal run per line: the
+    /// ranges that differ between FROM and TO, or may (a block rewritten
+    /// with the same bytes is still listed). Reading those ranges from TO
+    /// and writing them onto a copy of FROM, made TO's size, gives TO
+    /// exactly. With one image, FROM is an empty disk: the ranges are what
+    /// TO holds. Either image may be a snapshot (DISK@SNAP) or a live disk
+    /// (DISK), older or newer, and on another branch of the same history (a
+    /// disk made with `disk create --from`). Only the layers between the
+    /// two are read: the time grows with what changed, not with the disk.
     Diff(diff::DiffArgs),
     /// Write a snapshot as a stream for another repository (full or incremental)
+    ///
+    /// A full stream holds every block the snapshot holds; with --from,
+    /// only the ranges that differ from a base the receiving side already
+    /// has (named in the stream by its content identity), or from the
+    /// bookmark DISK#SNAP a sent and since deleted snapshot left. Every
+    /// record is checksummed, the stream as a whole is hashed, and the
+    /// receiver checks the snapshot's identity before it appears. Each
+    /// send leaves a bookmark of the snapshot it sent.
     Send(send::SendArgs),
     /// Recreate a snapshot from a `strata send` stream
+    ///
+    /// Reads the stream from standard input (or -i FILE) and adds the
+    /// snapshot under the same disk and snapshot names (or --as DISK). An
+    /// incremental stream is taken only if this repository has its base
+    /// (a snapshot with the same content identity). Nothing appears until
+    /// the whole stream has checked out and the result's identity matches;
+    /// a receive cut short keeps what it got (--status shows the token to
+    /// resume with, --abort discards it).
     Receive(send::ReceiveArgs),
     /// Apply a `strata send` stream onto a raw image file or block device
+    ///
+    /// Needs no repository: a base image at the second site, then only the
+    /// changes copied onto it. An incremental stream is applied only when
+    /// the target's content is the stream's base (its content identity is
+    /// checked first, before anything is written); only the changed ranges
+    /// are written, zero ranges punched. At the end the target's identity
+    /// is checked against the snapshot's. An apply cut short leaves a state
+    /// file (TARGET.strata-apply, or --state) that says so; applying the
+    /// same stream again finishes it.
     Apply(apply::ApplyArgs),
     /// Delete a disk's snapshots that a retention policy does not keep
     Prune(prune::PruneArgs),

@@ -13,13 +13,7 @@ use super::output::{self, Progress};
 use super::target::{unexpected, Target};
 use super::{parse_disk_name, parse_snapshot_ref, CmdResult, Failure};
 
-/// Write a snapshot as a stream, to copy it into another repository
-///
-/// A full stream holds every block the snapshot holds; with --from, only
-/// the ranges that differ from a base snapshot the receiving repository
-/// already has (named in the stream by its content identity). Every
-/// record is checksummed, the stream as a whole is hashed, and the
-/// receiver checks the snapshot's identity before it appears.
+/// Arguments of `strata send` (its help is on the command).
 #[derive(clap::Args)]
 #[command(after_help = "Examples:\n  \
 strata send vm1@monday | strata --repo /mnt/backup/strata receive\n  \
@@ -46,15 +40,7 @@ pub struct SendArgs {
     resume: Option<String>,
 }
 
-/// Recreate a snapshot from a `strata send` stream
-///
-/// Reads the stream from standard input (or -i FILE) and adds the snapshot
-/// under the same disk and snapshot names (or --as DISK). An incremental
-/// stream is taken only if this repository has its base (the snapshot
-/// with the same content identity). Nothing appears until the whole
-/// stream has checked out and the result's identity matches; a receive
-/// cut short keeps what it got (--status shows the token to resume with,
-/// --abort discards it).
+/// Arguments of `strata receive` (its help is on the command).
 #[derive(clap::Args)]
 #[command(after_help = "Examples:\n  \
 strata send vm1@monday | strata --repo /mnt/backup/strata receive\n  \
