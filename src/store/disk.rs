@@ -565,6 +565,12 @@ impl Disk {
         set
     }
 
+    /// The blocks the live layer holds as zeros now.
+    pub(crate) fn live_zero(&self) -> ExtentSet {
+        let st = self.state.read();
+        ExtentSet::from_extents(st.live.present.extents_of(BlockKind::Zero))
+    }
+
     /// Bytes the live layer occupies on disk.
     pub fn live_stored_bytes(&self) -> Result<u64> {
         self.state.read().live.stored_bytes()

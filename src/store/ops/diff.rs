@@ -8,8 +8,9 @@
 //! image is a live disk. Only those layers' indexes are read: the cost
 //! grows with the blocks changed between the two images, not with the
 //! disk's size or the snapshots in between. Two images with no common
-//! layer (or one image against an empty disk) differ wherever either holds
-//! a block.
+//! layer differ wherever either holds a block; an image and an empty disk,
+//! wherever the image's newest copy of a block is data (zeros read the
+//! same as nothing).
 
 use std::collections::BTreeSet;
 
@@ -62,7 +63,8 @@ impl Diff {
 /// and the blocks of its live layer if it is a live disk.
 struct Side {
     chain: Vec<LayerId>,
-    live: Option<(LayerId, ExtentSet)>,
+    /// The live layer: its id, every block it holds, and those as zeros.
+    live: Option<(LayerId, ExtentSet, ExtentSet)>,
     geo: Geometry,
 }
 
@@ -113,21 +115,44 @@ impl Repository {
             blocks.union_with(&idx.zero);
             Ok(())
         };
+        if a.is_none() {
+            // Against an empty disk, a block whose newest copy is zeros
+            // reads the same: only the blocks that end up data differ.
+            let mut covered = ExtentSet::new();
+            if let Some((_, present, zero)) = &b.live {
+                blocks.union_with(&present.difference(zero));
+                covered.union_with(present);
+            }
+            for &id in &b.chain {
+                let idx = layer::read_index(&self.inner.files, id, geometry(&cat, id))?;
+                for p in &idx.pieces {
+                    blocks.union_with(&p.data.difference(&covered));
+                }
+                covered.union_with(&idx.present());
+            }
+            return Ok(Diff {
+                size: b.geo.size,
+                from_size: 0,
+                block_size: b.geo.block_size,
+                blocks,
+            });
+        }
         for &id in in_b.symmetric_difference(&in_a) {
             add(id)?;
         }
         let same_live = match (&a, &b.live) {
             (
                 Some(Side {
-                    live: Some((x, _)), ..
+                    live: Some((x, ..)),
+                    ..
                 }),
-                Some((y, _)),
+                Some((y, ..)),
             ) => x == y,
             _ => false,
         };
         if !same_live {
             for side in a.iter().chain(std::iter::once(&b)) {
-                if let Some((_, present)) = &side.live {
+                if let Some((_, present, _)) = &side.live {
                     blocks.union_with(present);
                 }
             }
@@ -158,6 +183,7 @@ impl Repository {
                 loop {
                     let id = disk.live_id();
                     let present = disk.live_present();
+                    let zero = disk.live_zero();
                     let cat = self.catalog();
                     // A snapshot swapped the live layer meanwhile: again.
                     if disk.live_id() != id {
@@ -166,7 +192,7 @@ impl Repository {
                     let parent = cat.layers.get(&id).and_then(|l| l.parent);
                     return Ok(Side {
                         chain: parent.map(|p| cat.chain(p)).unwrap_or_default(),
-                        live: Some((id, present)),
+                        live: Some((id, present, zero)),
                         geo: geometry(&cat, id),
                     });
                 }
