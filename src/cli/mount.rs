@@ -101,6 +101,12 @@ pub fn mount(repo: Option<PathBuf>, a: MountArgs) -> CmdResult {
         }
     };
     let mp = absolute(&a.mountpoint)?;
+    if std::fs::read_dir(&mp).is_ok_and(|mut d| d.next().is_some()) {
+        eprintln!(
+            "strata: warning: {} is not empty; its files are hidden while the repository is mounted there",
+            mp.display()
+        );
+    }
     if a.foreground {
         let notify = std::env::var_os(NOTIFY_ENV).is_some();
         let log_path = repo.join(LOG_FILE);

@@ -221,6 +221,63 @@ pub enum Response {
     },
 }
 
+impl Request {
+    /// Whether carrying it out changes a disk, a snapshot or an image
+    /// (bookkeeping no image depends on, like a bookmark or a checksum,
+    /// does not count).
+    pub fn changes_repository(&self) -> bool {
+        match self {
+            Request::DiskList
+            | Request::SnapshotList { .. }
+            | Request::SnapshotId { .. }
+            | Request::Usage { .. }
+            | Request::UsageDaily { .. }
+            | Request::Export { .. }
+            | Request::Diff { .. }
+            | Request::Send { .. }
+            | Request::ReceiveStatus
+            | Request::BookmarkList { .. }
+            | Request::QuarantineList
+            | Request::Unmount => false,
+            Request::Prune { dry_run, .. } => !dry_run,
+            _ => true,
+        }
+    }
+
+    /// The command it comes from, for messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Request::DiskCreate { .. } => "disk create",
+            Request::DiskImport { .. } => "disk import",
+            Request::DiskCreateFrom { .. } => "disk create --from",
+            Request::DiskList => "disk list",
+            Request::DiskDelete { .. } => "disk delete",
+            Request::DiskRollback { .. } => "disk rollback",
+            Request::DiskResize { .. } => "disk resize",
+            Request::DiskRename { .. } => "disk rename",
+            Request::SnapshotCreate { .. } => "snapshot create",
+            Request::SnapshotList { .. } => "snapshot list",
+            Request::SnapshotId { .. } => "snapshot id",
+            Request::SnapshotDelete { .. } => "snapshot delete",
+            Request::SnapshotFull { .. } => "snapshot full",
+            Request::SnapshotRename { .. } => "snapshot rename",
+            Request::Prune { .. } => "prune",
+            Request::Usage { .. } | Request::UsageDaily { .. } => "usage",
+            Request::Gc => "gc",
+            Request::Export { .. } => "export",
+            Request::Diff { .. } => "diff",
+            Request::Send { .. } => "send",
+            Request::Receive { .. } => "receive",
+            Request::ReceiveStatus => "receive --status",
+            Request::ReceiveAbort { .. } => "receive --abort",
+            Request::BookmarkList { .. } => "snapshot list",
+            Request::QuarantineList => "quarantine list",
+            Request::QuarantinePurge => "quarantine purge",
+            Request::Unmount => "umount",
+        }
+    }
+}
+
 impl Response {
     pub fn refused(e: StoreError) -> Response {
         Response::Refused {

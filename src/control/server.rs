@@ -25,6 +25,9 @@ pub struct ServerHooks {
     /// mount shows what the request changed (the kernel's caches of it are
     /// invalidated), so a command's effect is visible when it returns.
     pub settle: Box<dyn Fn() + Send + Sync>,
+    /// The mount is read-only: requests that change the repository are
+    /// refused.
+    pub read_only: bool,
 }
 
 /// Binds `REPO/control.sock` (mode 0600) and serves it on a thread. The
@@ -55,6 +58,28 @@ pub fn remove_socket(repo: &Path) {
 }
 
 fn handle(conn: UnixStream, repo: &Repository, hooks: &ServerHooks) {
+    // Besides the socket's mode (0600), the peer must be the daemon's own
+    // user or root.
+    let me = crate::sys::effective_uid();
+    match crate::sys::peer_uid(&conn) {
+        Ok(uid) if uid == me || uid == 0 => {}
+        other => {
+            let who = other.map_or_else(|e| format!("unknown ({e})"), |u| u.to_string());
+            log::warn!("control connection from uid {who} refused");
+            let _ = send(
+                &conn,
+                Response::Refused {
+                    message: format!(
+                        "the mount's daemon runs as uid {me} and takes requests only from that \
+                         user or root (this is uid {who})"
+                    ),
+                    usage: false,
+                },
+                &[],
+            );
+            return;
+        }
+    }
     loop {
         let (req, fds): (Request, _) = match receive(&conn) {
             Ok(r) => r,
@@ -75,6 +100,14 @@ fn handle(conn: UnixStream, repo: &Repository, hooks: &ServerHooks) {
         let resp = match (req, checked_files(repo, fds)) {
             (_, Err(message)) => Response::Refused {
                 message,
+                usage: false,
+            },
+            (req, Ok(_)) if hooks.read_only && req.changes_repository() => Response::Refused {
+                message: format!(
+                    "the repository is mounted read-only, so it takes no changes ({}); \
+                     unmount it and mount it without --read-only (or -o ro) to make them",
+                    req.name()
+                ),
                 usage: false,
             },
             (Request::Unmount, Ok(_)) => match (hooks.unmount)() {

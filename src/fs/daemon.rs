@@ -43,6 +43,8 @@ pub enum DaemonError {
     Mount { path: PathBuf, source: io::Error },
     #[error("control socket: {0}")]
     Control(io::Error),
+    #[error("{0}")]
+    MountedOver(String),
 }
 
 /// Mounts `repo` at `mountpoint` and serves it until it is unmounted.
@@ -102,6 +104,7 @@ pub fn run(
         ServerHooks {
             unmount: Box::new(unmount.clone()),
             settle: Box::new(settle),
+            read_only: opts.read_only,
         },
     )
     .map_err(DaemonError::Control)?;
@@ -262,7 +265,7 @@ pub fn session_config(source: &str, opts: &MountOptions) -> Config {
 
 fn check_mountpoint(mp: &Path) -> Result<(), DaemonError> {
     match std::fs::metadata(mp) {
-        Ok(md) if md.is_dir() => Ok(()),
+        Ok(md) if md.is_dir() => not_mounted_over(mp).map_err(DaemonError::MountedOver),
         Ok(_) => Err(DaemonError::MountPoint {
             path: mp.to_owned(),
             source: io::Error::new(io::ErrorKind::NotADirectory, "not a directory"),
@@ -346,6 +349,23 @@ fn mount_entry(mp: &Path) -> Option<MountEntry> {
             source: unescape(r.get(1)?),
         })
     })
+}
+
+/// Refuses a mount point where another file system is mounted already
+/// (mounting over it would hide it), but for an automount trigger.
+fn not_mounted_over(mp: &Path) -> Result<(), String> {
+    if let Some(e) = mount_entry(mp) {
+        if e.fstype != "autofs" {
+            let fix = "unmount it first, or choose another directory";
+            return Err(format!(
+                "{} already has a file system mounted on it ({}, from {}); {fix}",
+                mp.display(),
+                e.fstype,
+                e.source
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn mount_device(mp: &Path) -> Option<String> {

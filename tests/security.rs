@@ -1,0 +1,140 @@
+//! What a mount lets in: a read-only mount takes no changes, a mount point
+//! with another file system on it is refused, and the control socket
+//! answers only its own user or root, checked on the connection itself.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+
+use common::{fuse_available, sh, strata, strata_ok, Mounted};
+
+fn refused_with(out: std::process::Output, expect: &str) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(expect), "expected {expect:?} in {err:?}");
+}
+
+#[test]
+fn a_read_only_mount_changes_nothing() {
+    if !fuse_available() {
+        eprintln!("skipped: /dev/fuse is missing");
+        return;
+    }
+    let mut m = Mounted::new(&[("vm", "8M")], &[]);
+    m.snapshot("vm", "s1");
+    m.umount();
+    m.mount(&["--read-only"]);
+    let before = stored(&m.repo);
+    let img = m.path("x.img");
+    std::fs::write(&img, vec![1u8; 1 << 20]).unwrap();
+    let stream = m.path("s.stream");
+    strata_ok(&m.repo, &["send", "vm@s1", "-o", stream.to_str().unwrap()]);
+    for args in [
+        vec!["disk", "create", "new", "--size", "1M"],
+        vec!["disk", "import", "imp", img.to_str().unwrap()],
+        vec!["disk", "delete", "vm"],
+        vec!["disk", "rollback", "vm@s1"],
+        vec!["disk", "resize", "vm", "--size", "16M"],
+        vec!["disk", "rename", "vm", "other"],
+        vec!["disk", "create", "c", "--from", "vm@s1"],
+        vec!["snapshot", "create", "vm"],
+        vec!["snapshot", "delete", "vm@s1"],
+        vec!["snapshot", "full", "vm@s1"],
+        vec!["snapshot", "rename", "vm@s1", "x"],
+        vec!["prune", "vm", "--keep-last", "1"],
+        vec!["gc"],
+        vec!["receive", "--as", "copy", "-i", stream.to_str().unwrap()],
+        vec!["quarantine", "purge"],
+    ] {
+        refused_with(strata(&m.repo, &args), "mounted read-only");
+    }
+    // Reading works.
+    strata_ok(&m.repo, &["disk", "list"]);
+    strata_ok(&m.repo, &["snapshot", "list", "vm", "--json"]);
+    strata_ok(&m.repo, &["prune", "vm", "--keep-last", "1", "--dry-run"]);
+    strata_ok(&m.repo, &["usage"]);
+    let after = stored(&m.repo);
+    assert!(before == after, "the repository changed");
+}
+
+/// The catalog and every layer file, with their bytes.
+fn stored(repo: &std::path::Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = vec![(
+        "catalog".to_string(),
+        std::fs::read(repo.join("catalog")).unwrap(),
+    )];
+    for e in std::fs::read_dir(repo.join("layers")).unwrap() {
+        let e = e.unwrap();
+        out.push((
+            e.file_name().to_string_lossy().into_owned(),
+            std::fs::read(e.path()).unwrap(),
+        ));
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn a_mount_point_in_use_is_refused_and_a_full_one_warned_of() {
+    if !fuse_available() {
+        eprintln!("skipped: /dev/fuse is missing");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    strata_ok(&repo, &["init"]);
+    let mp = dir.path().join("mp");
+    std::fs::create_dir(&mp).unwrap();
+    sh(&format!(
+        "mount -t tmpfs -o size=1m tmpfs '{}'",
+        mp.display()
+    ));
+    let out = strata(&repo, &["mount", mp.to_str().unwrap()]);
+    sh(&format!("umount '{}'", mp.display()));
+    refused_with(out, "already has a file system mounted on it (tmpfs");
+    std::fs::write(mp.join("note"), "x").unwrap();
+    let out = strata(&repo, &["mount", mp.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    let ok = out.status.success();
+    if ok {
+        strata_ok(&repo, &["umount", mp.to_str().unwrap()]);
+    }
+    assert!(ok, "{err}");
+    assert!(err.contains("is not empty"), "{err}");
+}
+
+#[test]
+fn the_control_socket_answers_only_its_own_user() {
+    if !fuse_available() {
+        eprintln!("skipped: /dev/fuse is missing");
+        return;
+    }
+    if Command::new("setpriv").arg("--version").output().is_err() {
+        eprintln!("skipped: setpriv is missing");
+        return;
+    }
+    let m = Mounted::new(&[("vm", "8M")], &[]);
+    // Open every door but the credential check: the directories and the
+    // socket itself.
+    for p in [m.dir.path(), m.repo.as_path()] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let sock = m.repo.join("control.sock");
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let exe = env!("CARGO_BIN_EXE_strata");
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            exe,
+            "--repo",
+        ])
+        .arg(&m.repo)
+        .args(["disk", "list"])
+        .output()
+        .unwrap();
+    refused_with(out, "takes requests only from that user or root");
+    strata_ok(&m.repo, &["disk", "list"]);
+}
