@@ -68,6 +68,7 @@ fn parse_options(a: &MountArgs) -> Result<MountOptions, Failure> {
             "rw" => opts.read_only = a.read_only,
             "allow_other" => opts.allow_other = true,
             "allow_root" => opts.allow_root = true,
+            "checked" => opts.checked = true,
             "defaults"
             | "noauto"
             | "auto"
@@ -79,7 +80,7 @@ fn parse_options(a: &MountArgs) -> Result<MountOptions, Failure> {
             o if o.starts_with("x-") => {}
             o => {
                 return Err(Failure::Usage(format!(
-                    "unknown mount option {o:?} (known: ro, rw, allow_other, allow_root)"
+                    "unknown mount option {o:?} (known: ro, rw, allow_other, allow_root, checked)"
                 )))
             }
         }

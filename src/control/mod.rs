@@ -34,6 +34,8 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 pub use client::Client;
 pub use server::{remove_socket, serve, ServerHooks};
 
+use crate::store::ops::verify::{VerifyOptions, VerifyReport};
+
 use crate::store::{
     export, BookmarkInfo, DailyUsage, DeleteReport, DiskInfo, DiskName, ExportStats, ExportTarget,
     GcReport, ImageRef, ImportSource, PartialReceive, PruneReport, QuarantinedFile, ReceiveReport,
@@ -166,6 +168,14 @@ pub enum Request {
     BookmarkList {
         disk: DiskName,
     },
+    Verify {
+        /// `DISK` or `DISK@SNAP`; none: everything.
+        images: Vec<String>,
+        /// Seconds: skip layers verified more recently.
+        older_than: Option<u64>,
+        /// Bytes a second to read at most.
+        rate: Option<u64>,
+    },
     /// Only a daemon answers this: flush everything and unmount.
     Unmount,
 }
@@ -210,6 +220,7 @@ pub enum Response {
     },
     Sent(SendReport),
     Bookmarks(Vec<BookmarkInfo>),
+    Verified(VerifyReport),
     Received(ReceiveReport),
     PartialReceives(Vec<PartialReceive>),
     /// Receives discarded, by snapshot.
@@ -237,6 +248,7 @@ impl Request {
             | Request::Send { .. }
             | Request::ReceiveStatus
             | Request::BookmarkList { .. }
+            | Request::Verify { .. }
             | Request::QuarantineList
             | Request::Unmount => false,
             Request::Prune { dry_run, .. } => !dry_run,
@@ -271,6 +283,7 @@ impl Request {
             Request::ReceiveStatus => "receive --status",
             Request::ReceiveAbort { .. } => "receive --abort",
             Request::BookmarkList { .. } => "snapshot list",
+            Request::Verify { .. } => "verify",
             Request::QuarantineList => "quarantine list",
             Request::QuarantinePurge => "quarantine purge",
             Request::Unmount => "umount",
@@ -430,6 +443,21 @@ pub fn execute(
                 let file = file.ok_or_else(|| needs_file("a receive"))?;
                 let mut input = std::io::BufReader::with_capacity(1 << 20, file);
                 Response::Received(repo.receive(&mut input, as_disk.as_ref(), progress)?)
+            }
+            Request::Verify {
+                images,
+                older_than,
+                rate,
+            } => {
+                let opts = VerifyOptions {
+                    images: images
+                        .iter()
+                        .map(|i| ImageRef::parse(i))
+                        .collect::<Result<_, _>>()?,
+                    older_than: older_than.map(std::time::Duration::from_secs),
+                    rate,
+                };
+                Response::Verified(repo.verify(&opts, progress)?)
             }
             Request::BookmarkList { disk } => Response::Bookmarks(repo.bookmarks(Some(&disk))?),
             Request::ReceiveStatus => Response::PartialReceives(repo.partial_receives()?),

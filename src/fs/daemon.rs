@@ -29,6 +29,9 @@ pub struct MountOptions {
     /// Let other users see the mount (needs `user_allow_other` for non-root).
     pub allow_other: bool,
     pub allow_root: bool,
+    /// Every read goes through the daemon, which checks each block against
+    /// its checksum (no FUSE passthrough for flat snapshots).
+    pub checked: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -58,7 +61,8 @@ pub fn run(
 ) -> Result<(), DaemonError> {
     check_mountpoint(mountpoint)?;
     let repo = Arc::new(Repository::open(repo)?);
-    let fs = StrataFs::new(repo.clone(), opts.read_only);
+    let mut fs = StrataFs::new(repo.clone(), opts.read_only);
+    fs.set_checked(opts.checked);
     let keeper = fs.keeper();
     let settle = keeper.settler();
     let config = session_config(&repo.path().display().to_string(), opts);

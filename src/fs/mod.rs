@@ -80,6 +80,20 @@ enum Open {
 }
 
 impl Open {
+    /// Which image, for the log.
+    fn describe(&self) -> String {
+        match self {
+            Open::Live { disk, .. } => format!("disk {}", disk.name()),
+            Open::Snapshot(s) | Open::Passthrough { snap: s, .. } => {
+                format!("snapshot {}@{}", s.info().disk, s.info().name)
+            }
+            Open::Changes(c) => {
+                let i = c.snapshot().info();
+                format!("changes of {}@{}", i.disk, i.name)
+            }
+        }
+    }
+
     fn image(&self) -> &dyn ImageRead {
         match self {
             Open::Live { disk, .. } => disk.as_ref(),
@@ -94,6 +108,8 @@ pub struct StrataFs {
     read_only: bool,
     /// The kernel agreed to FUSE passthrough (it needs root).
     passthrough: bool,
+    /// `-o checked`: no passthrough, so every read is checked.
+    checked: bool,
     uid: u32,
     gid: u32,
     mounted: SystemTime,
@@ -126,6 +142,7 @@ impl StrataFs {
             repo,
             read_only,
             passthrough: false,
+            checked: false,
             uid: sys::effective_uid(),
             gid: sys::effective_gid(),
             mounted: SystemTime::now(),
@@ -137,6 +154,11 @@ impl StrataFs {
             tidy: keeper::TidyHandle::default(),
             changed: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Serves every read itself, checking each block (`-o checked`).
+    pub fn set_checked(&mut self, checked: bool) {
+        self.checked = checked;
     }
 
     /// What keeps the kernel's caches true to the repository; started with
@@ -557,7 +579,8 @@ impl Filesystem for StrataFs {
         // Passthrough lets the kernel read a flat snapshot's layer file
         // itself, at the host file system's own speed. Opening a backing
         // file needs CAP_SYS_ADMIN, so only root asks for it.
-        self.passthrough = sys::effective_uid() == 0
+        self.passthrough = !self.checked
+            && sys::effective_uid() == 0
             && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
             && config.set_max_stack_depth(1).is_ok();
         Ok(())
@@ -765,7 +788,10 @@ impl Filesystem for StrataFs {
             }
             match img.read_at(offset, &mut buf[..len]) {
                 Ok(n) => reply.data(&buf[..n]),
-                Err(e) => reply.error(errno(&e)),
+                Err(e) => {
+                    log::error!("reading {} at offset {offset}: {e}", open.describe());
+                    reply.error(errno(&e))
+                }
             }
         });
     }

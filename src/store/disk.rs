@@ -631,19 +631,16 @@ impl FreezeLock<'_> {
     }
 }
 
-/// Pieces from an owner map: a frozen chain.
-pub(crate) struct BaseLayout<'a> {
+/// Pieces from an owner map: a frozen chain. The pieces borrow only the
+/// files (`'f`), not the map, so a caller may let go of the map's lock.
+pub(crate) struct BaseLayout<'m, 'f> {
     pub geo: Geometry,
-    pub map: &'a OwnerMap,
-    pub files: &'a LayerFiles,
+    pub map: &'m OwnerMap,
+    pub files: &'f LayerFiles,
 }
 
-impl Layout for BaseLayout<'_> {
-    fn geometry(&self) -> Geometry {
-        self.geo
-    }
-
-    fn pieces(&self, blocks: Range<u64>) -> Result<Vec<(Range<u64>, Piece)>> {
+impl<'f> BaseLayout<'_, 'f> {
+    pub(crate) fn pieces_of(&self, blocks: Range<u64>) -> Result<Vec<(Range<u64>, Piece<'f>)>> {
         let mut segs = Vec::new();
         self.map.segments_into(blocks, &mut segs);
         segs.into_iter()
@@ -651,7 +648,9 @@ impl Layout for BaseLayout<'_> {
                 Ok((
                     r,
                     match owner {
-                        Some(o) if !o.zero => Piece::Data(self.files.get(o.layer)?),
+                        Some(o) if !o.zero => {
+                            Piece::Data(self.files.get(o.layer)?, Some((o.layer, self.files)))
+                        }
                         _ => Piece::Zero,
                     },
                 ))
@@ -660,12 +659,22 @@ impl Layout for BaseLayout<'_> {
     }
 }
 
+impl Layout for BaseLayout<'_, '_> {
+    fn geometry(&self) -> Geometry {
+        self.geo
+    }
+
+    fn pieces(&self, blocks: Range<u64>) -> Result<Vec<(Range<u64>, Piece<'_>)>> {
+        self.pieces_of(blocks)
+    }
+}
+
 impl Layout for Disk {
     fn geometry(&self) -> Geometry {
         self.geo()
     }
 
-    fn pieces(&self, blocks: Range<u64>) -> Result<Vec<(Range<u64>, Piece)>> {
+    fn pieces(&self, blocks: Range<u64>) -> Result<Vec<(Range<u64>, Piece<'_>)>> {
         let st = self.state.read();
         let base = BaseLayout {
             geo: self.geo(),
@@ -675,9 +684,9 @@ impl Layout for Disk {
         let mut out = Vec::new();
         for (r, held) in st.live.present.segments(blocks) {
             match held {
-                Some(BlockKind::Data) => out.push((r, Piece::Data(st.live.data.clone()))),
+                Some(BlockKind::Data) => out.push((r, Piece::Data(st.live.data.clone(), None))),
                 Some(BlockKind::Zero) => out.push((r, Piece::Zero)),
-                None => out.extend(base.pieces(r)?),
+                None => out.extend(base.pieces_of(r)?),
             }
         }
         Ok(out)

@@ -77,6 +77,13 @@ pub enum StoreError {
     },
     #[error("{0} is read-only")]
     ReadOnly(String),
+    /// A data block that does not match its checksum: it is never served.
+    #[error("{path}: block {block} (image offset {offset}) does not match its checksum; `strata verify` lists every damaged block and the images that read it")]
+    Damaged {
+        path: PathBuf,
+        block: u64,
+        offset: u64,
+    },
 }
 
 impl StoreError {
@@ -121,6 +128,7 @@ impl StoreError {
             | StoreError::NewerFormat { .. }
             | StoreError::UnknownFeatures { .. }
             | StoreError::Corrupt { .. }
+            | StoreError::Damaged { .. }
             | StoreError::Inconsistent { .. } => libc::EIO,
         }
     }

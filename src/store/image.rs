@@ -10,13 +10,16 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use super::error::{Result, StoreError};
-use super::layer::Geometry;
+use super::layer::{Geometry, LayerFiles};
+use super::names::LayerId;
 use super::storage::StorageFile;
 
-/// Where a run of blocks comes from: zeros, or a layer's data file.
-pub enum Piece {
+/// Where a run of blocks comes from: zeros, or a layer's data file. A
+/// frozen data file comes with its id and the repository's files, whose
+/// CRCs its blocks are checked against when read.
+pub enum Piece<'a> {
     Zero,
-    Data(Arc<dyn StorageFile>),
+    Data(Arc<dyn StorageFile>, Option<(LayerId, &'a LayerFiles)>),
 }
 
 /// How far one layout query reaches, in blocks; bounds the memory of a scan
@@ -26,7 +29,7 @@ const WINDOW_BLOCKS: u64 = 1 << 16;
 pub(crate) trait Layout {
     fn geometry(&self) -> Geometry;
     /// The pieces of `blocks`, in order, covering the range exactly.
-    fn pieces(&self, blocks: Range<u64>) -> Result<Vec<(Range<u64>, Piece)>>;
+    fn pieces(&self, blocks: Range<u64>) -> Result<Vec<(Range<u64>, Piece<'_>)>>;
 }
 
 /// What every image offers its readers.
@@ -71,7 +74,7 @@ pub(crate) fn read_at(layout: &dyn Layout, offset: u64, buf: &mut [u8]) -> Resul
                 buf[dst].fill(0);
                 continue;
             }
-            Piece::Data(f) => f.as_ref(),
+            Piece::Data(f, _) => f.as_ref(),
         };
         let got = file.read_cached(&mut buf[dst.clone()], s).map_err(io(s))?;
         if got < dst.len() {
@@ -86,7 +89,69 @@ pub(crate) fn read_at(layout: &dyn Layout, offset: u64, buf: &mut [u8]) -> Resul
     for (file, at, dst) in missed {
         file.read_exact_at(&mut buf[dst], at).map_err(io(at))?;
     }
+    for (blocks, piece) in &pieces {
+        if let Piece::Data(f, Some((id, files))) = piece {
+            check(
+                geo,
+                f.as_ref(),
+                *id,
+                files,
+                blocks.clone(),
+                offset,
+                &buf[..(end - offset) as usize],
+            )?;
+        }
+    }
     Ok((end - offset) as usize)
+}
+
+/// Checks the blocks `blocks` of data file `id` (as read into `buf`, the
+/// image from `offset`) against their CRCs: a block the read covers only
+/// in part is read whole for it. A block whose CRC is not known yet (its
+/// layer was just frozen) is not checked.
+fn check(
+    geo: Geometry,
+    file: &dyn StorageFile,
+    id: LayerId,
+    files: &LayerFiles,
+    blocks: Range<u64>,
+    offset: u64,
+    buf: &[u8],
+) -> Result<()> {
+    let end = offset + buf.len() as u64;
+    let mut whole = Vec::new();
+    for b in blocks {
+        let Some(want) = files.crc(id, b) else {
+            continue;
+        };
+        let r = geo.byte_range(b..b + 1);
+        let got = if r.start >= offset && r.end <= end {
+            crc32c::crc32c(&buf[(r.start - offset) as usize..(r.end - offset) as usize])
+        } else {
+            whole.resize((r.end - r.start) as usize, 0);
+            file.read_exact_at(&mut whole, r.start)
+                .map_err(|e| StoreError::Io {
+                    path: files.paths().data(id),
+                    source: e,
+                })?;
+            crc32c::crc32c(&whole)
+        };
+        if got != want {
+            let path = files.paths().data(id);
+            log::error!(
+                "{}: block {b} (image bytes {}..{}) does not match its checksum",
+                path.display(),
+                r.start,
+                r.end
+            );
+            return Err(StoreError::Damaged {
+                path,
+                block: b,
+                offset: r.start,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The first offset at or after `offset` that is data (`want_data`) or a
@@ -105,7 +170,7 @@ pub(crate) fn probe(layout: &dyn Layout, offset: u64, want_data: bool) -> Result
             if s >= r.end {
                 continue;
             }
-            let is_data = matches!(piece, Piece::Data(_));
+            let is_data = matches!(piece, Piece::Data(..));
             if is_data == want_data {
                 return Ok(Some(s));
             }

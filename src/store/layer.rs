@@ -120,6 +120,42 @@ pub struct LayerFiles {
     repo_id: u64,
     source: Box<dyn FrozenSource>,
     open: Mutex<LruCache<LayerId, Arc<dyn StorageFile>>>,
+    /// The CRC-32C of each frozen data block, by data file, from every
+    /// index read so far: what reads check blocks against. A frozen
+    /// file's blocks never change, so what was learnt stays true.
+    crcs: parking_lot::RwLock<std::collections::HashMap<LayerId, Vec<Arc<PieceCrcs>>>>,
+}
+
+/// The CRCs of one piece's blocks, for lookup by block.
+#[derive(Debug)]
+pub struct PieceCrcs {
+    /// (first block, end block, index of the first's CRC), sorted.
+    runs: Vec<(u64, u64, usize)>,
+    crcs: Vec<u32>,
+}
+
+impl PieceCrcs {
+    fn of(piece: &Piece) -> Option<PieceCrcs> {
+        let sums = piece.sums.as_ref()?;
+        let mut runs = Vec::new();
+        let mut at = 0;
+        for r in piece.data.runs() {
+            runs.push((r.start, r.end, at));
+            at += (r.end - r.start) as usize;
+        }
+        Some(PieceCrcs {
+            runs,
+            crcs: sums.iter().map(|s| s.crc).collect(),
+        })
+    }
+
+    fn get(&self, block: u64) -> Option<u32> {
+        let i = self.runs.partition_point(|r| r.1 <= block);
+        let &(start, end, first) = self.runs.get(i)?;
+        (start <= block && block < end)
+            .then(|| self.crcs.get(first + (block - start) as usize).copied())
+            .flatten()
+    }
 }
 
 impl LayerFiles {
@@ -140,7 +176,26 @@ impl LayerFiles {
             repo_id,
             source,
             open: Mutex::new(LruCache::new(cap)),
+            crcs: Default::default(),
         }
+    }
+
+    /// Learns the CRCs an index holds.
+    pub fn note_crcs(&self, idx: &FrozenIndex) {
+        for p in &idx.pieces {
+            let Some(c) = PieceCrcs::of(p) else { continue };
+            let mut all = self.crcs.write();
+            let known = all.entry(p.file).or_default();
+            // The same piece read again (or what a merge left of it).
+            known.retain(|k| k.runs.first().map(|r| r.0) != c.runs.first().map(|r| r.0));
+            known.push(Arc::new(c));
+        }
+    }
+
+    /// The CRC of `block` of data file `file`, if known.
+    pub fn crc(&self, file: LayerId, block: u64) -> Option<u32> {
+        let all = self.crcs.read();
+        all.get(&file)?.iter().rev().find_map(|c| c.get(block))
     }
 
     pub fn paths(&self) -> &LayerPaths {
@@ -424,10 +479,12 @@ pub fn read_index(files: &LayerFiles, id: LayerId, geo: Geometry) -> Result<Froz
             sums,
         });
     }
-    Ok(FrozenIndex {
+    let idx = FrozenIndex {
         zero: ExtentSet::from_extents(idx.zero),
         pieces,
-    })
+    };
+    files.note_crcs(&idx);
+    Ok(idx)
 }
 
 /// The bytes of a layer's index file.

@@ -113,7 +113,7 @@ use storage::{EntryKind, LocalStorage, LockOutcome, Storage};
 
 use crate::sys;
 
-const REPO_FILE: &str = "strata.repo";
+pub(crate) const REPO_FILE: &str = "strata.repo";
 const CATALOG_FILE: &str = "catalog";
 const LOCK_FILE: &str = "lock";
 /// Layer files, as intents name them.

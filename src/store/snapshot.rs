@@ -48,7 +48,7 @@ impl Snapshot {
         self.files.local_path(self.map.flat?)
     }
 
-    fn layout(&self) -> BaseLayout<'_> {
+    fn layout(&self) -> BaseLayout<'_, '_> {
         BaseLayout {
             geo: self.geo,
             map: &self.map.map,
@@ -61,8 +61,8 @@ impl Layout for Snapshot {
     fn geometry(&self) -> Geometry {
         self.geo
     }
-    fn pieces(&self, blocks: Range<u64>) -> Result<Vec<(Range<u64>, Piece)>> {
-        self.layout().pieces(blocks)
+    fn pieces(&self, blocks: Range<u64>) -> Result<Vec<(Range<u64>, Piece<'_>)>> {
+        self.layout().pieces_of(blocks)
     }
 }
 

@@ -16,3 +16,4 @@ pub mod send;
 pub mod snapshot;
 pub mod tidy;
 pub mod usage;
+pub mod verify;

@@ -1,0 +1,127 @@
+//! `strata verify`
+
+use std::path::Path;
+use std::time::Duration;
+
+use strata::control::{Request, Response};
+use strata::store::ImageRef;
+use strata::units::format_size;
+
+use super::output::{self, Progress};
+use super::target::{unexpected, Target};
+use super::{parse_image_ref, CmdResult, Failure};
+
+/// Arguments of `strata verify` (its help is on the command).
+#[derive(clap::Args)]
+#[command(
+    after_help = "Exit status: 0 when everything checked is intact, 1 when damage is found \
+(each damaged block is listed with the images that read it).\n\n\
+Examples:\n  \
+strata verify                              # every snapshot's blocks, and the metadata\n  \
+strata verify vm1@nightly --json\n  \
+strata verify --older-than 30d --rate 50M  # a daily scrub: a month to go round, 50 MiB/s at most"
+)]
+pub struct VerifyArgs {
+    /// Check only what these images read: DISK (its snapshots and live disk) or DISK@SNAP
+    #[arg(value_name = "IMAGE", value_parser = parse_image_ref)]
+    images: Vec<ImageRef>,
+    /// Print the report as JSON
+    #[arg(long)]
+    json: bool,
+    /// Skip layers verified less than this long ago (like 30d, 12h, 90m)
+    #[arg(long, value_name = "AGE", value_parser = parse_age)]
+    older_than: Option<Duration>,
+    /// Read at most this much a second (like 50M), to run beside a busy mount
+    #[arg(long, value_name = "SIZE", value_parser = super::parse_size)]
+    rate: Option<u64>,
+}
+
+fn parse_age(s: &str) -> Result<Duration, String> {
+    let bad = || format!("invalid age {s:?}: give a number and d, h, m or s, like 30d");
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let secs = match unit {
+        "d" => 86_400,
+        "h" => 3_600,
+        "m" => 60,
+        "s" | "" => 1,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(secs).map(Duration::from_secs).ok_or_else(bad)
+}
+
+pub fn run(repo: &Path, a: VerifyArgs) -> CmdResult {
+    let mut target = Target::open(repo)?;
+    let mut progress = Progress::new("verifying");
+    let req = Request::Verify {
+        images: a.images.iter().map(ToString::to_string).collect(),
+        older_than: a.older_than.map(|d| d.as_secs()),
+        rate: a.rate,
+    };
+    let resp = target.call(req, &mut |d, t| progress.update(d, t));
+    progress.finish();
+    let r = match resp? {
+        Response::Verified(r) => r,
+        r => return Err(unexpected(r)),
+    };
+    if a.json {
+        output::json(&r)?;
+    } else {
+        println!(
+            "checked {} layer(s), {} block(s), {} read{}",
+            r.layers_checked,
+            r.blocks_checked,
+            format_size(r.bytes_read),
+            if r.layers_skipped > 0 {
+                format!("; {} verified recently, skipped", r.layers_skipped)
+            } else {
+                String::new()
+            }
+        );
+        if r.blocks_unchecked > 0 {
+            println!(
+                "{} block(s) of just-frozen layers have no checksum yet and were not checked",
+                r.blocks_unchecked
+            );
+        }
+        for m in &r.mended {
+            println!("mended a damaged copy of {m} from its other copy");
+        }
+        for u in &r.unreadable {
+            println!("damaged: {u}");
+        }
+        if !r.damaged.is_empty() {
+            let rows: Vec<Vec<String>> = r
+                .damaged
+                .iter()
+                .map(|d| {
+                    vec![
+                        d.file.clone(),
+                        d.block.to_string(),
+                        d.offset.to_string(),
+                        if d.images.is_empty() {
+                            "(none)".into()
+                        } else {
+                            d.images.join(" ")
+                        },
+                    ]
+                })
+                .collect();
+            output::table(&["FILE", "BLOCK", "OFFSET", "IMAGES THAT READ IT"], &rows);
+        }
+    }
+    if r.intact() {
+        if !a.json {
+            println!("everything checked is intact");
+        }
+        Ok(())
+    } else {
+        Err(Failure::Refused(format!(
+            "found {} damaged block(s) and {} damaged metadata file(s); reads of them fail \
+             with EIO rather than return wrong bytes. Restore the images that read them from \
+             a replica (`strata send` there, `strata receive` here) or a backup",
+            r.damaged.len(),
+            r.unreadable.len()
+        )))
+    }
+}

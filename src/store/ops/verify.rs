@@ -1,0 +1,294 @@
+//! Verify and scrub: read frozen layers back and check every block against
+//! the CRC-32C its index keeps, and the metadata documents against their
+//! own checksums (a damaged copy is mended from its twin, and said).
+//!
+//! When each layer was last verified is kept in `REPO/verified` (a
+//! document, kind `STRATVFY`: [`Verified`]), so `--older-than` checks only
+//! what was not verified lately: a daily run with `--older-than 30d`
+//! scrubs the whole repository over a month at a steady small cost. It
+//! is bookkeeping no image depends on.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::store::error::{Result, StoreError};
+use crate::store::format::{self, MAGIC_INDEX};
+use crate::store::layer;
+use crate::store::names::{ImageRef, LayerId};
+use crate::store::ops::tidy::geometry;
+use crate::store::Repository;
+
+const VERIFIED_FILE: &str = "verified";
+const MAGIC_VERIFIED: [u8; 8] = *b"STRATVFY";
+/// Bytes read at a time.
+const CHUNK: u64 = 4 << 20;
+
+/// When each layer was last verified, in Unix seconds.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Verified {
+    pub repo: u64,
+    pub layers: BTreeMap<LayerId, u64>,
+}
+
+/// What to verify.
+#[derive(Debug, Clone, Default)]
+pub struct VerifyOptions {
+    /// The images whose layers to check (none: every frozen layer).
+    pub images: Vec<ImageRef>,
+    /// Skip layers verified less than this long ago.
+    pub older_than: Option<Duration>,
+    /// Read at most this many bytes a second.
+    pub rate: Option<u64>,
+}
+
+/// A block that does not match its checksum.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DamagedBlock {
+    /// The data file, relative to the repository.
+    pub file: String,
+    pub block: u64,
+    /// Byte offset of the block in the images.
+    pub offset: u64,
+    /// The images that read this block from this file: `DISK@SNAP` or
+    /// `DISK` (the live disk).
+    pub images: Vec<String>,
+}
+
+/// What a verify found.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifyReport {
+    pub layers_checked: u64,
+    /// Layers left out: verified within `--older-than`.
+    pub layers_skipped: u64,
+    pub blocks_checked: u64,
+    pub bytes_read: u64,
+    /// Data blocks of layers frozen so recently that their checksums are
+    /// not computed yet: not checked.
+    pub blocks_unchecked: u64,
+    pub damaged: Vec<DamagedBlock>,
+    /// Metadata files with a damaged copy, mended from the other.
+    pub mended: Vec<String>,
+    /// Metadata files damaged beyond repair, and why.
+    pub unreadable: Vec<String>,
+}
+
+impl VerifyReport {
+    pub fn intact(&self) -> bool {
+        self.damaged.is_empty() && self.unreadable.is_empty()
+    }
+}
+
+impl Repository {
+    fn read_verified(&self) -> Verified {
+        let path = self.path().join(VERIFIED_FILE);
+        match format::read_doc_payload::<Verified>(
+            self.inner.storage.as_ref(),
+            &path,
+            MAGIC_VERIFIED,
+        ) {
+            Ok(v) if v.repo == self.inner.files.repo_id() => v,
+            Ok(_) => Verified::default(),
+            Err(StoreError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                Verified::default()
+            }
+            Err(e) => {
+                log::warn!(
+                    "{}: {e}; verifying as if nothing was verified before",
+                    path.display()
+                );
+                Verified::default()
+            }
+        }
+    }
+
+    /// The frozen layers the images of `opts` read (every one if none).
+    fn layers_to_verify(&self, opts: &VerifyOptions) -> Result<BTreeSet<LayerId>> {
+        let cat = self.catalog();
+        let frozen = |id: &LayerId| cat.layers.get(id).is_some_and(|l| l.frozen.is_some());
+        if opts.images.is_empty() {
+            return Ok(cat.layers.keys().copied().filter(|id| frozen(id)).collect());
+        }
+        let mut out = BTreeSet::new();
+        for r in &opts.images {
+            let top = match r {
+                ImageRef::Snapshot(s) => self.snapshot_info(s)?.layer,
+                ImageRef::Live(d) => {
+                    // The disk's live chain and every snapshot of it.
+                    for s in self.snapshots(d)? {
+                        out.extend(cat.chain(s.layer));
+                    }
+                    match cat.disks.get(d) {
+                        Some(rec) => rec.live,
+                        None if cat.snapshots.contains_key(d) => continue,
+                        None => return Err(StoreError::NoSuchDisk(d.clone())),
+                    }
+                }
+            };
+            out.extend(cat.chain(top));
+        }
+        out.retain(|id| frozen(id));
+        Ok(out)
+    }
+
+    /// Checks the layers `opts` names and the repository's documents.
+    pub fn verify(
+        &self,
+        opts: &VerifyOptions,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<VerifyReport> {
+        let mut report = VerifyReport::default();
+        let st = self.inner.storage.as_ref();
+        let now = crate::store::now_ns() / 1_000_000_000;
+        let mut verified = self.read_verified();
+        verified.repo = self.inner.files.repo_id();
+        // The repository's header: both copies.
+        let header = self.path().join(crate::store::REPO_FILE);
+        match format::read_doc(st, &header, format::MAGIC_REPO) {
+            Ok(doc) if !doc.repairs.is_empty() => {
+                format::apply_repairs(st, &header, &doc.repairs)?;
+                report.mended.push(crate::store::REPO_FILE.into());
+            }
+            Ok(_) => {}
+            Err(e) => report.unreadable.push(e.to_string()),
+        }
+        let mut layers = self.layers_to_verify(opts)?;
+        if let Some(age) = opts.older_than {
+            let before = layers.len() as u64;
+            let cutoff = now.saturating_sub(age.as_secs());
+            layers.retain(|id| verified.layers.get(id).is_none_or(|&t| t < cutoff));
+            report.layers_skipped = before - layers.len() as u64;
+        }
+        let cat = self.catalog();
+        // Read every index first: the total for progress, and its copies.
+        let mut indexes = Vec::new();
+        for &id in &layers {
+            let geo = geometry(&cat, id);
+            let path = self.inner.paths.index(id);
+            match format::read_doc(st, &path, MAGIC_INDEX) {
+                Ok(doc) if !doc.repairs.is_empty() => {
+                    format::apply_repairs(st, &path, &doc.repairs)?;
+                    report.mended.push(format!("layers/{id}.idx"));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    report.unreadable.push(e.to_string());
+                    continue;
+                }
+            }
+            match layer::read_index(&self.inner.files, id, geo) {
+                Ok(idx) => indexes.push((id, geo, idx)),
+                Err(e) => report.unreadable.push(e.to_string()),
+            }
+        }
+        let total: u64 = indexes
+            .iter()
+            .map(|(_, geo, idx)| idx.data_blocks() * geo.block_size as u64)
+            .sum();
+        let started = Instant::now();
+        let mut damaged: Vec<(LayerId, u64, u64)> = Vec::new();
+        for (id, geo, idx) in &indexes {
+            let bs = geo.block_size as u64;
+            let mut ok = true;
+            for p in &idx.pieces {
+                let Some(sums) = &p.sums else {
+                    report.blocks_unchecked += p.data.blocks();
+                    continue;
+                };
+                let file = self.inner.files.get(p.file)?;
+                let mut sums = sums.iter();
+                let mut buf = vec![0u8; CHUNK as usize];
+                for run in p.data.runs() {
+                    let mut b = run.start;
+                    while b < run.end {
+                        let n = (CHUNK / bs).max(1).min(run.end - b);
+                        let bytes = geo.byte_range(b..b + n);
+                        let len = (bytes.end - bytes.start) as usize;
+                        file.read_exact_at(&mut buf[..len], bytes.start)
+                            .map_err(StoreError::io(self.inner.paths.data(p.file)))?;
+                        for (i, block) in buf[..len].chunks(bs as usize).enumerate() {
+                            let want = sums.next().map(|s| s.crc);
+                            if want != Some(crc32c::crc32c(block)) {
+                                damaged.push((p.file, b + i as u64, bytes.start + i as u64 * bs));
+                                ok = false;
+                            }
+                        }
+                        report.blocks_checked += n;
+                        report.bytes_read += len as u64;
+                        progress(report.bytes_read, total);
+                        if let Some(rate) = opts.rate.filter(|&r| r > 0) {
+                            let due =
+                                Duration::from_secs_f64(report.bytes_read as f64 / rate as f64);
+                            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                                std::thread::sleep(wait);
+                            }
+                        }
+                        b += n;
+                    }
+                }
+            }
+            report.layers_checked += 1;
+            if ok {
+                verified.layers.insert(*id, now);
+            } else {
+                verified.layers.remove(id);
+            }
+        }
+        // Which images read each damaged block from that file.
+        for (file, block, offset) in damaged {
+            report.damaged.push(DamagedBlock {
+                file: format!("layers/{file}.data"),
+                block,
+                offset,
+                images: self.images_reading(file, block)?,
+            });
+        }
+        verified.layers.retain(|id, _| cat.layers.contains_key(id));
+        let path = self.path().join(VERIFIED_FILE);
+        if let Err(e) = format::write_atomic(
+            st,
+            &self.inner.paths.tmp,
+            &path,
+            &format::doc_bytes(MAGIC_VERIFIED, &format::encode(&verified)),
+        ) {
+            log::warn!(
+                "{}: {e}; the next --older-than run checks these layers again",
+                path.display()
+            );
+        }
+        Ok(report)
+    }
+
+    /// The images (snapshots and live disks) that read `block` from data
+    /// file `file`.
+    fn images_reading(&self, file: LayerId, block: u64) -> Result<Vec<String>> {
+        let cat = self.catalog();
+        let reads = |top: LayerId| -> Result<bool> {
+            let map = self.frozen_map(top)?;
+            Ok(map
+                .map
+                .get(block)
+                .is_some_and(|o| !o.zero && o.layer == file))
+        };
+        let mut out = Vec::new();
+        for (disk, snaps) in &cat.snapshots {
+            for (name, rec) in snaps {
+                if reads(rec.layer)? {
+                    out.push(format!("{disk}@{name}"));
+                }
+            }
+        }
+        for (name, d) in &cat.disks {
+            let holds = self
+                .disk(name)
+                .map(|disk| disk.live_present().contains(block))
+                .unwrap_or(false);
+            let parent = cat.layers.get(&d.live).and_then(|l| l.parent);
+            if !holds && parent.is_some_and(|p| reads(p).unwrap_or(false)) {
+                out.push(name.to_string());
+            }
+        }
+        Ok(out)
+    }
+}
