@@ -252,3 +252,49 @@ fn verify_finds_names_and_mends() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("layers/{s1}.data")));
 }
+
+/// `verify --repair-from REPLICA` heals a damaged block from a replica's
+/// snapshot with the same content, checked before it is written; then
+/// everything verifies and reads as before.
+#[test]
+fn verify_repairs_from_a_replica() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a");
+    let b = dir.path().join("b");
+    let data = random(3 << 20, 9);
+    let layer = {
+        let repo = Repository::init(&a).unwrap();
+        let vm = DiskName::parse("vm").unwrap();
+        repo.create_disk(&vm, 4 << 20, 65536).unwrap();
+        repo.disk(&vm).unwrap().write_at(0, &data).unwrap();
+        repo.snapshot(&vm, Some(SnapName::parse("s1").unwrap()))
+            .unwrap();
+        repo.snapshot_info(&snap("vm@s1")).unwrap().layer
+    };
+    strata_ok(&b, &["init"]);
+    let exe = env!("CARGO_BIN_EXE_strata");
+    common::sh(&format!(
+        "'{exe}' --repo '{}' send vm@s1 | '{exe}' --repo '{}' receive --as copy",
+        a.display(),
+        b.display()
+    ));
+    flip(&data_file(&a, layer), 10 * 65536 + 5);
+    flip(&data_file(&a, layer), 40 * 65536 + 5);
+    let out = strata(&a, &["verify"]);
+    assert_eq!(out.status.code(), Some(1));
+    let out = strata(&a, &["verify", "--repair-from", b.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(text.matches("repaired layers/").count(), 2, "{text}");
+    strata_ok(&a, &["verify"]);
+    let repo = Repository::open(&a).unwrap();
+    let img = repo.open_snapshot(&snap("vm@s1")).unwrap();
+    let mut got = vec![0u8; 3 << 20];
+    img.read_at(0, &mut got).unwrap();
+    assert!(got == data, "the healed snapshot differs");
+}

@@ -34,6 +34,10 @@ pub struct VerifyArgs {
     /// Read at most this much a second (like 50M), to run beside a busy mount
     #[arg(long, value_name = "SIZE", value_parser = super::parse_size)]
     rate: Option<u64>,
+    /// Heal damaged blocks from this repository, a replica holding a
+    /// snapshot with the same content (it must not be mounted)
+    #[arg(long, value_name = "REPO")]
+    repair_from: Option<std::path::PathBuf>,
 }
 
 fn parse_age(s: &str) -> Result<Duration, String> {
@@ -57,6 +61,11 @@ pub fn run(repo: &Path, a: VerifyArgs) -> CmdResult {
         images: a.images.iter().map(ToString::to_string).collect(),
         older_than: a.older_than.map(|d| d.as_secs()),
         rate: a.rate,
+        repair_from: a
+            .repair_from
+            .as_deref()
+            .map(|p| super::absolute(p).map(|p| p.display().to_string()))
+            .transpose()?,
     };
     let resp = target.call(req, &mut |d, t| progress.update(d, t));
     progress.finish();
@@ -89,6 +98,15 @@ pub fn run(repo: &Path, a: VerifyArgs) -> CmdResult {
         }
         for u in &r.unreadable {
             println!("damaged: {u}");
+        }
+        for d in &r.repaired {
+            println!(
+                "repaired {} block {} (image offset {}) from the replica, and checked it",
+                d.file, d.block, d.offset
+            );
+        }
+        for n in &r.not_repaired {
+            println!("could not repair {n}");
         }
         if !r.damaged.is_empty() {
             let rows: Vec<Vec<String>> = r

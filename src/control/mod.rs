@@ -175,6 +175,8 @@ pub enum Request {
         older_than: Option<u64>,
         /// Bytes a second to read at most.
         rate: Option<u64>,
+        /// A replica's path to heal damaged blocks from.
+        repair_from: Option<String>,
     },
     /// Only a daemon answers this: flush everything and unmount.
     Unmount,
@@ -448,6 +450,7 @@ pub fn execute(
                 images,
                 older_than,
                 rate,
+                repair_from,
             } => {
                 let opts = VerifyOptions {
                     images: images
@@ -456,6 +459,7 @@ pub fn execute(
                         .collect::<Result<_, _>>()?,
                     older_than: older_than.map(std::time::Duration::from_secs),
                     rate,
+                    repair_from: repair_from.map(std::path::PathBuf::from),
                 };
                 Response::Verified(repo.verify(&opts, progress)?)
             }

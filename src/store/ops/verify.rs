@@ -41,6 +41,8 @@ pub struct VerifyOptions {
     pub older_than: Option<Duration>,
     /// Read at most this many bytes a second.
     pub rate: Option<u64>,
+    /// Heal damaged blocks from this repository (a replica).
+    pub repair_from: Option<std::path::PathBuf>,
 }
 
 /// A block that does not match its checksum.
@@ -72,6 +74,13 @@ pub struct VerifyReport {
     pub mended: Vec<String>,
     /// Metadata files damaged beyond repair, and why.
     pub unreadable: Vec<String>,
+    /// Blocks healed from another repository (`--repair-from`), checked
+    /// again since; `damaged` holds what is still damaged.
+    #[serde(default)]
+    pub repaired: Vec<DamagedBlock>,
+    /// Why each block left damaged could not be healed.
+    #[serde(default)]
+    pub not_repaired: Vec<String>,
 }
 
 impl VerifyReport {
@@ -132,8 +141,39 @@ impl Repository {
         Ok(out)
     }
 
-    /// Checks the layers `opts` names and the repository's documents.
+    /// Checks the layers `opts` names and the repository's documents, and
+    /// heals damaged blocks from a replica when asked.
     pub fn verify(
+        &self,
+        opts: &VerifyOptions,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<VerifyReport> {
+        let mut report = self.verify_once(opts, progress)?;
+        let Some(from) = &opts.repair_from else {
+            return Ok(report);
+        };
+        if report.damaged.is_empty() {
+            return Ok(report);
+        }
+        let other = Repository::open(from).map_err(|e| {
+            StoreError::Refused(format!(
+                "cannot open {} to repair from: {e}",
+                from.display()
+            ))
+        })?;
+        // Each healed block was read back and checked as it was written.
+        let healed = self.repair_from(&other, &report.damaged)?;
+        report.repaired = healed.repaired;
+        report.not_repaired = healed
+            .left
+            .iter()
+            .map(|(d, why)| format!("{} block {}: {why}", d.file, d.block))
+            .collect();
+        report.damaged.retain(|d| !report.repaired.contains(d));
+        Ok(report)
+    }
+
+    fn verify_once(
         &self,
         opts: &VerifyOptions,
         progress: &mut dyn FnMut(u64, u64),
@@ -290,5 +330,121 @@ impl Repository {
             }
         }
         Ok(out)
+    }
+}
+
+/// What a repair did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepairReport {
+    /// Damaged blocks rewritten from the other repository and checked.
+    pub repaired: Vec<DamagedBlock>,
+    /// Damaged blocks it could not repair, and why.
+    pub left: Vec<(DamagedBlock, String)>,
+}
+
+impl Repository {
+    /// Heals the blocks `damaged` lists from `other`, a repository holding
+    /// a snapshot with the same content as an image that reads each (a
+    /// replica): the block is read there, checked against the CRC kept
+    /// here, written back into its data file and synced. Nothing is
+    /// written unless the replacement checks out.
+    pub fn repair_from(
+        &self,
+        other: &Repository,
+        damaged: &[DamagedBlock],
+    ) -> Result<RepairReport> {
+        let mut report = RepairReport::default();
+        // Snapshots of the other repository by identity, found on demand.
+        let mut theirs: Option<BTreeMap<[u8; 32], crate::store::SnapshotRef>> = None;
+        for d in damaged {
+            let outcome = (|| -> Result<()> {
+                let file = d
+                    .file
+                    .strip_prefix("layers/")
+                    .and_then(|f| layer::parse_file_name(f))
+                    .filter(|(_, k)| *k == crate::store::format::LayerFileKind::Data)
+                    .map(|(id, _)| id)
+                    .ok_or_else(|| {
+                        StoreError::invalid(
+                            "damaged block",
+                            format!("{} is not a data file", d.file),
+                        )
+                    })?;
+                let want = self
+                    .inner
+                    .files
+                    .crc(file, d.block)
+                    .ok_or_else(|| StoreError::Refused("its checksum is not known".into()))?;
+                let index = theirs.get_or_insert_with(|| {
+                    let mut m = BTreeMap::new();
+                    for disk in other.catalog().snapshots.keys() {
+                        for s in other.snapshots(disk).unwrap_or_default() {
+                            let Ok(snap) = crate::store::SnapName::parse(&s.name) else {
+                                continue;
+                            };
+                            let r = crate::store::SnapshotRef {
+                                disk: disk.clone(),
+                                snap,
+                            };
+                            if let Ok(id) = other.identity(&r) {
+                                m.insert(id.0, r);
+                            }
+                        }
+                    }
+                    m
+                });
+                // A snapshot here that reads the block, with a twin there.
+                let mut source = None;
+                for img in &d.images {
+                    let Ok(r) = crate::store::SnapshotRef::parse(img) else {
+                        continue;
+                    };
+                    let Ok(id) = self.identity(&r) else { continue };
+                    if let Some(t) = index.get(&id.0) {
+                        source = Some(t.clone());
+                        break;
+                    }
+                }
+                let source = source.ok_or_else(|| {
+                    StoreError::Refused(
+                        "no snapshot there has the content of a snapshot here that reads it".into(),
+                    )
+                })?;
+                let img = other.open_snapshot(&source)?;
+                let bs = img.info().block_size as u64;
+                let size = crate::store::ImageRead::size(&img);
+                let len = size.saturating_sub(d.offset).min(bs) as usize;
+                let mut buf = vec![0u8; len];
+                crate::store::ImageRead::read_at(&img, d.offset, &mut buf)?;
+                if crc32c::crc32c(&buf) != want {
+                    return Err(StoreError::Refused(format!(
+                        "{source} there does not hold the block as it was stored"
+                    )));
+                }
+                let path = self.inner.paths.data(file);
+                let f = self
+                    .inner
+                    .storage
+                    .open(&path, true)
+                    .map_err(StoreError::io(&path))?;
+                f.write_all_at(&buf, d.offset)
+                    .and_then(|_| f.sync_data())
+                    .map_err(StoreError::io(&path))?;
+                let mut check = vec![0u8; len];
+                f.read_exact_at(&mut check, d.offset)
+                    .map_err(StoreError::io(&path))?;
+                if crc32c::crc32c(&check) != want {
+                    return Err(StoreError::Refused(
+                        "it reads back damaged again: the device may be failing".into(),
+                    ));
+                }
+                Ok(())
+            })();
+            match outcome {
+                Ok(()) => report.repaired.push(d.clone()),
+                Err(e) => report.left.push((d.clone(), e.to_string())),
+            }
+        }
+        Ok(report)
     }
 }
