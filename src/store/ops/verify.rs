@@ -361,7 +361,7 @@ impl Repository {
                 let file = d
                     .file
                     .strip_prefix("layers/")
-                    .and_then(|f| layer::parse_file_name(f))
+                    .and_then(layer::parse_file_name)
                     .filter(|(_, k)| *k == crate::store::format::LayerFileKind::Data)
                     .map(|(id, _)| id)
                     .ok_or_else(|| {
