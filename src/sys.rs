@@ -110,11 +110,13 @@ impl RepoLock {
                 return Ok(Err(Some(std::process::id())));
             }
         }
+        use std::os::unix::fs::OpenOptionsExt;
         let mut file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
+            .mode(0o600)
             .open(path)?;
         let md = file.metadata()?;
         let key = (md.dev(), md.ino());

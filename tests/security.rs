@@ -138,3 +138,43 @@ fn the_control_socket_answers_only_its_own_user() {
     refused_with(out, "takes requests only from that user or root");
     strata_ok(&m.repo, &["disk", "list"]);
 }
+
+/// Every file the repository makes is its owner's alone (0600), every
+/// directory 0700; names given on the command line never reach outside it.
+#[test]
+fn the_repository_keeps_to_itself() {
+    if !fuse_available() {
+        eprintln!("skipped: /dev/fuse is missing");
+        return;
+    }
+    let mut m = Mounted::new(&[("vm", "8M")], &[]);
+    m.snapshot("vm", "s1");
+    let stream = m.path("s.stream");
+    strata_ok(&m.repo, &["send", "vm@s1", "-o", stream.to_str().unwrap()]);
+    strata_ok(&m.repo, &["verify"]);
+    m.umount();
+    fn walk(dir: &std::path::Path, out: &mut Vec<(std::path::PathBuf, u32, bool)>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let e = e.unwrap();
+            let md = std::fs::symlink_metadata(e.path()).unwrap();
+            out.push((e.path(), md.permissions().mode() & 0o777, md.is_dir()));
+            if md.is_dir() {
+                walk(&e.path(), out);
+            }
+        }
+    }
+    let mut all = vec![];
+    walk(&m.repo, &mut all);
+    assert!(all.len() > 8, "{all:?}");
+    for (p, mode, dir) in &all {
+        let want = if *dir { 0o700 } else { 0o600 };
+        assert_eq!(*mode, want, "{} is {mode:o}", p.display());
+    }
+    let root = std::fs::metadata(&m.repo).unwrap().permissions().mode() & 0o777;
+    assert_eq!(root, 0o700, "the repository directory is {root:o}");
+    // Names that would climb out are refused as names.
+    for bad in ["../x", "a/b", "..", ".", ""] {
+        let out = strata(&m.repo, &["disk", "create", bad, "--size", "1M"]);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}");
+    }
+}

@@ -2,6 +2,7 @@
 
 use std::fs::OpenOptions;
 use std::io::{BufRead, BufReader, Read};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -121,7 +122,12 @@ pub fn mount(repo: Option<PathBuf>, a: MountArgs) -> CmdResult {
             }
             if notify {
                 println!("{READY}");
-                match OpenOptions::new().create(true).append(true).open(&log_path) {
+                match OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .mode(0o600)
+                    .open(&log_path)
+                {
                     Ok(log) => {
                         if let Err(e) = sys::redirect_stdio(&log) {
                             log::warn!("cannot detach from the terminal: {e}");

@@ -66,6 +66,9 @@ fn handle(conn: UnixStream, repo: &Repository, hooks: &ServerHooks) {
         other => {
             let who = other.map_or_else(|e| format!("unknown ({e})"), |u| u.to_string());
             log::warn!("control connection from uid {who} refused");
+            // Its request is read (and dropped) first, so the peer, busy
+            // writing it, reads the answer rather than a broken pipe.
+            let _ = receive::<Request>(&conn);
             let _ = send(
                 &conn,
                 Response::Refused {

@@ -158,10 +158,13 @@ impl Storage for LocalStorage {
     }
 
     fn create_new(&self, path: &Path) -> io::Result<Arc<dyn StorageFile>> {
+        use std::os::unix::fs::OpenOptionsExt;
+        // The repository's files are its owner's alone.
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create_new(true)
+            .mode(0o600)
             .open(path)?;
         Ok(Arc::new(LocalFile { file }))
     }
@@ -179,7 +182,11 @@ impl Storage for LocalStorage {
     }
 
     fn create_dir_all(&self, path: &Path) -> io::Result<()> {
-        fs::create_dir_all(path)
+        use std::os::unix::fs::DirBuilderExt;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(path)
     }
 
     fn sync_dir(&self, path: &Path) -> io::Result<()> {
