@@ -88,7 +88,11 @@ pub fn send(repo: &Path, a: SendArgs) -> CmdResult {
         Some(p) => {
             let mut o = OpenOptions::new();
             o.write(true);
-            if a.force {
+            // A device or a FIFO (/dev/null, a named pipe) is written as
+            // it is; a regular file is replaced only with --force.
+            let special = std::fs::metadata(p).is_ok_and(|m| !m.is_file() && !m.is_dir());
+            if special {
+            } else if a.force {
                 o.create(true).truncate(true);
             } else {
                 o.create_new(true);
