@@ -52,10 +52,17 @@ fn crash_everywhere(seed: u64, ops: usize) -> usize {
 
 #[test]
 fn every_power_cut_keeps_what_was_acknowledged() {
+    // Eight seeds in CI; a soak run asks for a number of crash states
+    // (`STRATA_SOAK_STATES`) and takes seeds until it has them.
+    let target: Option<usize> = std::env::var("STRATA_SOAK_STATES")
+        .ok()
+        .and_then(|v| v.parse().ok());
     let mut states = 0;
-    for seed in 1..=8 {
+    let mut seed = 1;
+    while seed <= 8 || target.is_some_and(|t| states < t) {
         states += crash_everywhere(seed, 120);
+        seed += 1;
     }
-    eprintln!("checked {states} crash states");
+    eprintln!("checked {states} crash states ({} seeds)", seed - 1);
     assert!(states > 2000, "only {states} crash states");
 }

@@ -889,3 +889,23 @@ fn receives_cut_at_random_points_resume_to_the_same_snapshot() {
         }
     }
 }
+
+/// A send that fails removes the file it made, and never a device or FIFO
+/// it was given: /dev/null stays /dev/null.
+#[test]
+fn a_failed_send_removes_only_what_it_made() {
+    use std::os::unix::fs::FileTypeExt;
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a");
+    drop(source(&a));
+    let out = strata(&a, &["send", "vm@nope", "-o", "/dev/null"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(std::fs::metadata("/dev/null")
+        .unwrap()
+        .file_type()
+        .is_char_device());
+    let f = dir.path().join("s.stream");
+    let out = strata(&a, &["send", "vm@nope", "-o", f.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(!f.exists(), "a failed send left its file");
+}

@@ -178,3 +178,114 @@ fn the_repository_keeps_to_itself() {
         assert_eq!(out.status.code(), Some(2), "{bad:?}");
     }
 }
+
+/// A user this test creates, removed on drop.
+struct TestUser {
+    name: String,
+    uid: u32,
+}
+
+impl TestUser {
+    fn create() -> Option<TestUser> {
+        let name = format!("strata-t{}", std::process::id());
+        let ok = Command::new("useradd")
+            .args([
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                &name,
+            ])
+            .status()
+            .ok()?
+            .success();
+        if !ok {
+            return None;
+        }
+        let uid = sh(&format!("id -u {name}")).trim().parse().ok()?;
+        Some(TestUser { name, uid })
+    }
+
+    /// Runs `script` in sh as this user; its exit status and stderr.
+    fn run(&self, script: &str) -> (i32, String) {
+        let out = Command::new("setpriv")
+            .arg(format!("--reuid={}", self.uid))
+            .arg(format!("--regid={}", self.uid))
+            .args(["--clear-groups", "sh", "-c", script])
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
+
+impl Drop for TestUser {
+    fn drop(&mut self) {
+        let _ = Command::new("userdel").arg(&self.name).status();
+    }
+}
+
+/// Another user sees nothing of a mount by default; with allow_other the
+/// kernel checks permissions, and images are private to the mounting user
+/// unless uid=, gid=, umask= say otherwise; a snapshot image is written
+/// by nobody, root included.
+#[test]
+fn another_user_gets_only_what_the_options_give() {
+    if !fuse_available() {
+        eprintln!("skipped: /dev/fuse is missing");
+        return;
+    }
+    let Some(user) = TestUser::create() else {
+        eprintln!("skipped: cannot create a user (useradd)");
+        return;
+    };
+    let mut m = Mounted::new(&[("vm", "4M")], &[]);
+    m.snapshot("vm", "s1");
+    std::fs::set_permissions(m.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mp = m.mp.display().to_string();
+    let (snap, live) = (m.snap("vm", "s1"), m.live("vm"));
+    let (snap, live) = (snap.display(), live.display());
+    // Not even a look without allow_other.
+    let (code, _) = user.run(&format!("ls '{mp}'"));
+    assert_ne!(code, 0, "another user listed a private mount");
+    // allow_other: private to the owner all the same (umask 077).
+    m.umount();
+    m.mount(&["-o", "allow_other"]);
+    let (code, err) = user.run(&format!("ls '{mp}/vm'"));
+    assert_ne!(code, 0, "listed with umask 077");
+    assert!(err.contains("Permission denied"), "{err}");
+    // umask=022: readable, not writable.
+    m.umount();
+    m.mount(&["-o", "allow_other,umask=022"]);
+    let (code, err) = user.run(&format!("cat '{snap}' > /dev/null"));
+    assert_eq!(code, 0, "{err}");
+    let (code, err) = user.run(&format!(
+        "printf x | dd of='{live}' conv=notrunc status=none"
+    ));
+    assert_ne!(code, 0, "another user wrote live.img");
+    assert!(err.contains("Permission denied"), "{err}");
+    // uid= gives the tree to that user: the live disk is theirs to write,
+    // a snapshot still nobody's.
+    m.umount();
+    m.mount(&["-o", &format!("allow_other,uid={}", user.uid)]);
+    let (code, err) = user.run(&format!(
+        "printf x | dd of='{live}' conv=notrunc status=none"
+    ));
+    assert_eq!(code, 0, "{err}");
+    let (code, _) = user.run(&format!(
+        "printf x | dd of='{snap}' conv=notrunc status=none"
+    ));
+    assert_ne!(code, 0, "the owner wrote a snapshot image");
+    let e = std::fs::OpenOptions::new()
+        .write(true)
+        .open(m.snap("vm", "s1"))
+        .unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EROFS), "root: {e}");
+    // A bad option is bad usage.
+    m.umount();
+    let out = strata(&m.repo, &["mount", &mp, "-o", "umask=999"]);
+    assert_eq!(out.status.code(), Some(2));
+    m.mount(&[]);
+}

@@ -70,6 +70,24 @@ fn parse_options(a: &MountArgs) -> Result<MountOptions, Failure> {
             "allow_other" => opts.allow_other = true,
             "allow_root" => opts.allow_root = true,
             "checked" => opts.checked = true,
+            o if o.starts_with("uid=") || o.starts_with("gid=") || o.starts_with("umask=") => {
+                let (k, v) = o.split_once('=').unwrap_or((o, ""));
+                let radix = if k == "umask" { 8 } else { 10 };
+                let n = u32::from_str_radix(v, radix)
+                    .ok()
+                    .filter(|&n| k != "umask" || n <= 0o777)
+                    .ok_or_else(|| {
+                        Failure::Usage(format!(
+                            "invalid mount option {o:?}: {k} takes {}",
+                            if k == "umask" { "an octal mask like 022" } else { "a number" }
+                        ))
+                    })?;
+                match k {
+                    "uid" => opts.uid = Some(n),
+                    "gid" => opts.gid = Some(n),
+                    _ => opts.umask = Some(n),
+                }
+            }
             "defaults"
             | "noauto"
             | "auto"
@@ -81,7 +99,7 @@ fn parse_options(a: &MountArgs) -> Result<MountOptions, Failure> {
             o if o.starts_with("x-") => {}
             o => {
                 return Err(Failure::Usage(format!(
-                    "unknown mount option {o:?} (known: ro, rw, allow_other, allow_root, checked)"
+                    "unknown mount option {o:?} (known: ro, rw, allow_other, allow_root, checked, uid=, gid=, umask=)"
                 )))
             }
         }

@@ -84,12 +84,15 @@ fn standard(stream: impl AsFd + IsTerminal, tty: &str) -> Result<File, Failure> 
 }
 
 pub fn send(repo: &Path, a: SendArgs) -> CmdResult {
+    // The regular file this command makes, removed again if the send
+    // fails (never a device or FIFO it was given, such as /dev/null).
+    let mut made = None;
     let file = match &a.output {
         Some(p) => {
             let mut o = OpenOptions::new();
             o.write(true);
-            // A device or a FIFO (/dev/null, a named pipe) is written as
-            // it is; a regular file is replaced only with --force.
+            // A device or a FIFO is written as it is; a regular file is
+            // replaced only with --force.
             let special = std::fs::metadata(p).is_ok_and(|m| !m.is_file() && !m.is_dir());
             if special {
             } else if a.force {
@@ -97,12 +100,16 @@ pub fn send(repo: &Path, a: SendArgs) -> CmdResult {
             } else {
                 o.create_new(true);
             }
-            o.open(p).map_err(|e| match e.kind() {
+            let f = o.open(p).map_err(|e| match e.kind() {
                 std::io::ErrorKind::AlreadyExists => {
                     refused(p, "it exists; add --force to replace it")
                 }
                 _ => refused(p, e),
-            })?
+            })?;
+            if !special {
+                made = Some(p.clone());
+            }
+            f
         }
         None => standard(
             std::io::stdout(),
@@ -123,7 +130,7 @@ pub fn send(repo: &Path, a: SendArgs) -> CmdResult {
         Ok(Response::Sent(r)) => r,
         Ok(r) => return Err(unexpected(r)),
         Err(e) => {
-            if let Some(p) = &a.output {
+            if let Some(p) = &made {
                 let _ = std::fs::remove_file(p);
             }
             return Err(e);

@@ -32,6 +32,12 @@ pub struct MountOptions {
     /// Every read goes through the daemon, which checks each block against
     /// its checksum (no FUSE passthrough for flat snapshots).
     pub checked: bool,
+    /// Who owns the tree (default: the mounting user and group).
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    /// Permission bits taken away from every entry (default 077: private
+    /// to its owner).
+    pub umask: Option<u32>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +69,7 @@ pub fn run(
     let repo = Arc::new(Repository::open(repo)?);
     let mut fs = StrataFs::new(repo.clone(), opts.read_only);
     fs.set_checked(opts.checked);
+    fs.set_owner(opts.uid, opts.gid, opts.umask);
     let keeper = fs.keeper();
     let settle = keeper.settler();
     let config = session_config(&repo.path().display().to_string(), opts);

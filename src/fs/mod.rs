@@ -110,6 +110,8 @@ pub struct StrataFs {
     passthrough: bool,
     /// `-o checked`: no passthrough, so every read is checked.
     checked: bool,
+    /// Permission bits taken away (`-o umask=`, default 077).
+    umask: u16,
     uid: u32,
     gid: u32,
     mounted: SystemTime,
@@ -143,6 +145,7 @@ impl StrataFs {
             read_only,
             passthrough: false,
             checked: false,
+            umask: 0o077,
             uid: sys::effective_uid(),
             gid: sys::effective_gid(),
             mounted: SystemTime::now(),
@@ -153,6 +156,20 @@ impl StrataFs {
             backings: Mutex::new(HashMap::new()),
             tidy: keeper::TidyHandle::default(),
             changed: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Who owns the tree and which permission bits it withholds
+    /// (`-o uid=,gid=,umask=`); `None` keeps the default.
+    pub fn set_owner(&mut self, uid: Option<u32>, gid: Option<u32>, umask: Option<u32>) {
+        if let Some(u) = uid {
+            self.uid = u;
+        }
+        if let Some(g) = gid {
+            self.gid = g;
+        }
+        if let Some(m) = umask {
+            self.umask = (m & 0o777) as u16;
         }
     }
 
@@ -223,7 +240,8 @@ impl StrataFs {
                 ttl,
             )
         };
-        let dir = |time| base(FileType::Directory, 0o755, 0, 0, time, TTL_CHANGING);
+        let mask = |perm: u16| perm & !self.umask;
+        let dir = |time| base(FileType::Directory, mask(0o777), 0, 0, time, TTL_CHANGING);
         Ok(match node {
             Node::Root => dir(self.mounted),
             Node::DiskDir(d) | Node::SnapDir(d) | Node::ChangesDir(d) => dir(self.dir_time(d)?),
@@ -233,7 +251,7 @@ impl StrataFs {
                 // The name's meaning moves when the snapshot before goes.
                 base(
                     FileType::RegularFile,
-                    0o444,
+                    mask(0o444),
                     info.size,
                     changed.div_ceil(512),
                     from_ns(info.taken),
@@ -262,7 +280,7 @@ impl StrataFs {
                     .get(id)
                     .copied()
                     .unwrap_or(from_ns(info.created));
-                let perm = if self.read_only { 0o444 } else { 0o644 };
+                let perm = mask(if self.read_only { 0o444 } else { 0o666 });
                 base(
                     FileType::RegularFile,
                     perm,
@@ -289,7 +307,7 @@ impl StrataFs {
                 let blocks = info.stored_bytes.div_ceil(512);
                 base(
                     FileType::RegularFile,
-                    0o444,
+                    mask(0o444),
                     info.size,
                     blocks,
                     from_ns(info.taken),

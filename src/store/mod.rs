@@ -1105,6 +1105,13 @@ impl Repository {
             .load(std::sync::atomic::Ordering::SeqCst)
     }
 
+    /// Turns the checking of blocks on read off (or on again): for
+    /// benchmarks that measure what checking costs, nothing else.
+    #[doc(hidden)]
+    pub fn set_read_checks(&self, on: bool) {
+        self.inner.files.set_read_checks(on);
+    }
+
     /// Any image by reference: `DISK` (live) or `DISK@SNAP`.
     pub fn open_image(&self, r: &ImageRef) -> Result<Arc<dyn ImageRead>> {
         Ok(match r {
