@@ -26,7 +26,7 @@
 
 mod common;
 
-use common::{sh, Rng};
+use common::{ms, scatter, scratch, sh, Rng};
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -40,10 +40,6 @@ const STRATA: &str = env!("CARGO_BIN_EXE_strata");
 const GIB: u64 = 1 << 30;
 const MIB: u64 = 1 << 20;
 const BLOCK: u64 = 64 << 10;
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
 
 /// Runs `cmd` in bash and returns how long it took.
 fn timed(cmd: &str) -> Duration {
@@ -96,28 +92,6 @@ fn du(dir: &Path) -> u64 {
         .sum()
 }
 
-fn scratch() -> tempfile::TempDir {
-    match std::env::var_os("STRATA_BENCH_DIR") {
-        Some(b) => tempfile::tempdir_in(b),
-        None => tempfile::tempdir(),
-    }
-    .unwrap()
-}
-
-/// `count` blocks of random data at distinct random blocks of `d`.
-fn scatter(d: &strata::store::Disk, rng: &mut Rng, count: u64) {
-    let blocks = d.size() / BLOCK;
-    let mut buf = vec![0u8; BLOCK as usize];
-    let mut chosen = std::collections::HashSet::new();
-    while (chosen.len() as u64) < count {
-        let b = rng.next() % blocks;
-        if chosen.insert(b) {
-            rng.fill(&mut buf[..256]);
-            d.write_at(b * BLOCK, &buf).unwrap();
-        }
-    }
-}
-
 struct DeleteFigures {
     time: Duration,
     peak_extra: u64,
@@ -139,7 +113,7 @@ fn delete_middle(repo: &Repository, root: &Path, disk: &str, size: u64) -> Delet
         } else {
             per_layer
         };
-        scatter(&d, &mut rng, count);
+        scatter(&d, &mut rng, count, BLOCK, 256);
         repo.snapshot(&name, Some(SnapName::parse(&format!("s{i}")).unwrap()))
             .unwrap();
     }

@@ -20,42 +20,15 @@
 
 mod common;
 
-use common::{median, sh, Rng};
+use common::{median, ms, scatter, scratch, sh, Rng};
 use std::time::{Duration, Instant};
 
-use strata::store::{DiskName, ImageRead, ImageRef, Repository, SnapName, SnapshotRef};
+use strata::store::{DiskName, ImageRef, Repository, SnapName, SnapshotRef};
 
 const STRATA: &str = env!("CARGO_BIN_EXE_strata");
 const GIB: u64 = 1 << 30;
 const MIB: u64 = 1 << 20;
 const BLOCK: u64 = 64 << 10;
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
-fn scratch() -> tempfile::TempDir {
-    match std::env::var_os("STRATA_BENCH_DIR") {
-        Some(b) => tempfile::tempdir_in(b),
-        None => tempfile::tempdir(),
-    }
-    .unwrap()
-}
-
-/// `count` blocks at distinct random blocks of `d`: random data in the
-/// first `fill` bytes of each, zeros after.
-fn scatter(d: &strata::store::Disk, rng: &mut Rng, count: u64, fill: usize) {
-    let blocks = d.size() / BLOCK;
-    let mut buf = vec![0u8; BLOCK as usize];
-    let mut chosen = std::collections::HashSet::new();
-    while (chosen.len() as u64) < count {
-        let b = rng.next() % blocks;
-        if chosen.insert(b) {
-            rng.fill(&mut buf[..fill]);
-            d.write_at(b * BLOCK, &buf).unwrap();
-        }
-    }
-}
 
 /// Builds a disk of `size` with 101 snapshots, `per` blocks changed before
 /// each after the first, and times diffs of the first and last (median
@@ -67,7 +40,7 @@ fn diff_chain(repo: &Repository, disk: &str, size: u64, per: u64) -> (Duration, 
     let mut rng = Rng(0xd1ff ^ size);
     for i in 0..=100 {
         if i > 0 {
-            scatter(&d, &mut rng, per, 256);
+            scatter(&d, &mut rng, per, BLOCK, 256);
         }
         repo.snapshot(&name, Some(SnapName::parse(&format!("s{i}")).unwrap()))
             .unwrap();
@@ -126,10 +99,10 @@ fn bench_send() {
         repo.create_disk(&name, 4 * GIB, BLOCK as u32).unwrap();
         let d = repo.disk(&name).unwrap();
         let mut rng = Rng(0x5e7d);
-        scatter(&d, &mut rng, 1024, 256);
+        scatter(&d, &mut rng, 1024, BLOCK, 256);
         repo.snapshot(&name, Some(SnapName::parse("s0").unwrap()))
             .unwrap();
-        scatter(&d, &mut rng, GIB / BLOCK, BLOCK as usize);
+        scatter(&d, &mut rng, GIB / BLOCK, BLOCK, BLOCK as usize);
         repo.snapshot(&name, Some(SnapName::parse("s1").unwrap()))
             .unwrap();
     }

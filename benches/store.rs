@@ -22,7 +22,7 @@
 
 mod common;
 
-use common::{median, Rng};
+use common::{median, ms, Rng};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -30,10 +30,6 @@ use strata::store::{export, DiskName, ExportTarget, ImageRead, Repository, SnapN
 
 const GIB: u64 = 1 << 30;
 const BLOCK: u64 = 64 << 10;
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
 
 fn name(s: &str) -> SnapName {
     SnapName::parse(s).unwrap()

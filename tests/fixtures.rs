@@ -12,9 +12,12 @@
 //!
 //! and commit the new `tests/fixtures/v<N>/` (the lock file is left out).
 
+mod common;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use common::copy_tree;
 use strata::store::{DiskName, ImageRef, Repository, SnapName};
 
 /// One step of the fixture script.
@@ -107,19 +110,6 @@ fn expected() -> Vec<(String, Vec<u8>)> {
 
 fn fixtures_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap();
-    for e in fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let dst = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_tree(&e.path(), &dst);
-        } else {
-            fs::copy(e.path(), &dst).unwrap();
-        }
-    }
 }
 
 fn check_images(root: &Path, what: &str) {

@@ -8,7 +8,7 @@ mod common;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use common::{fuse_available, random, read_range, strata, strata_ok, Mounted};
+use common::{copy_tree, fuse_available, random, read_range, strata, strata_ok, Mounted};
 use strata::store::{DiskName, ImageRead, Repository, SnapName, SnapshotRef, StoreError};
 
 fn snap(s: &str) -> SnapshotRef {
@@ -303,19 +303,6 @@ fn verify_repairs_from_a_replica() {
 fn first_frame(bytes: &[u8]) -> std::ops::Range<usize> {
     let len = u64::from_le_bytes(bytes[16..24].try_into().unwrap()) as usize;
     0..32 + len
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let dst = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_tree(&e.path(), &dst);
-        } else if e.file_type().unwrap().is_file() {
-            std::fs::copy(e.path(), &dst).unwrap();
-        }
-    }
 }
 
 /// One flipped bit in every kind of file the repository holds, over many

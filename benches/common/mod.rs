@@ -42,3 +42,34 @@ pub fn sh(cmd: &str) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// Milliseconds, for printing.
+pub fn ms(d: std::time::Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// A scratch directory: under `STRATA_BENCH_DIR` if set, else the system
+/// temp directory.
+pub fn scratch() -> tempfile::TempDir {
+    match std::env::var_os("STRATA_BENCH_DIR") {
+        Some(b) => tempfile::tempdir_in(b),
+        None => tempfile::tempdir(),
+    }
+    .unwrap()
+}
+
+/// `count` blocks of `block` bytes at distinct random blocks of `d`:
+/// random data in the first `fill` bytes of each, zeros after.
+pub fn scatter(d: &strata::store::Disk, rng: &mut Rng, count: u64, block: u64, fill: usize) {
+    use strata::store::ImageRead;
+    let blocks = d.size() / block;
+    let mut buf = vec![0u8; block as usize];
+    let mut chosen = std::collections::HashSet::new();
+    while (chosen.len() as u64) < count {
+        let b = rng.next() % blocks;
+        if chosen.insert(b) {
+            rng.fill(&mut buf[..fill]);
+            d.write_at(b * block, &buf).unwrap();
+        }
+    }
+}

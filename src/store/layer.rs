@@ -238,6 +238,17 @@ impl LayerFiles {
         Ok(f)
     }
 
+    /// A data file opened for writing (to punch blocks nothing reads, or
+    /// to mend a damaged one), and its path for messages.
+    pub fn open_data_writable(&self, id: LayerId) -> Result<(Arc<dyn StorageFile>, PathBuf)> {
+        let path = self.paths.data(id);
+        let f = self
+            .storage
+            .open(&path, true)
+            .map_err(StoreError::io(&path))?;
+        Ok((f, path))
+    }
+
     pub fn local_path(&self, id: LayerId) -> Option<PathBuf> {
         self.source.local_path(id)
     }

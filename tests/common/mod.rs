@@ -333,3 +333,18 @@ pub fn assert_same_sparse(a: &Path, b: &Path) {
         }
     }
 }
+
+/// Copies a directory tree: its directories and regular files (a socket
+/// such as a mount's control socket is left out).
+pub fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dst = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_tree(&e.path(), &dst);
+        } else if e.file_type().unwrap().is_file() {
+            std::fs::copy(e.path(), &dst).unwrap();
+        }
+    }
+}

@@ -66,12 +66,7 @@ impl Repository {
                 for p in idx.pieces.iter().filter(|p| p.file == file) {
                     named.union_with(&p.data);
                 }
-                let path = self.inner.paths.data(file);
-                let f = self
-                    .inner
-                    .storage
-                    .open(&path, true)
-                    .map_err(StoreError::io(&path))?;
+                let (f, path) = self.inner.files.open_data_writable(file)?;
                 let before = f.allocated_bytes().unwrap_or(0);
                 let bs = geo.block_size as u64;
                 let len = f.len().map_err(StoreError::io(&path))?;

@@ -394,12 +394,7 @@ impl Repository {
             if blocks.is_empty() {
                 continue;
             }
-            let path = self.inner.paths.data(*file);
-            let f = self
-                .inner
-                .storage
-                .open(&path, true)
-                .map_err(StoreError::io(&path))?;
+            let (f, path) = self.inner.files.open_data_writable(*file)?;
             let io = StoreError::io(&path);
             let before = f.allocated_bytes().unwrap_or(0);
             let len = f.len().unwrap_or(0);

@@ -421,12 +421,7 @@ impl Repository {
                         "{source} there does not hold the block as it was stored"
                     )));
                 }
-                let path = self.inner.paths.data(file);
-                let f = self
-                    .inner
-                    .storage
-                    .open(&path, true)
-                    .map_err(StoreError::io(&path))?;
+                let (f, path) = self.inner.files.open_data_writable(file)?;
                 f.write_all_at(&buf, d.offset)
                     .and_then(|_| f.sync_data())
                     .map_err(StoreError::io(&path))?;
