@@ -238,6 +238,19 @@ pub fn process_exists(pid: u32) -> bool {
     rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
+/// Asks process `pid` to stop (SIGTERM).
+pub fn terminate(pid: u32) -> io::Result<()> {
+    let pid = libc::pid_t::try_from(pid)
+        .ok()
+        .filter(|&p| p > 0)
+        .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: kill takes plain integers; a PID that went away is ESRCH.
+    if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Reads at `offset` only what the page cache already holds, never waiting
 /// for the device (`preadv2(RWF_NOWAIT)`). `Ok(0)` when nothing at `offset`
 /// is cached; a short count when only the start is.

@@ -14,7 +14,8 @@ use strata::units::format_size;
 use super::output::{self, Progress};
 use super::target::{unexpected, Target};
 use super::{
-    absolute, parse_block_size, parse_disk_name, parse_size, parse_snapshot_ref, CmdResult, Failure,
+    absolute, parse_block_size, parse_disk_name, parse_disk_size, parse_size, parse_snapshot_ref,
+    CmdResult, Failure,
 };
 
 #[derive(Subcommand)]
@@ -52,9 +53,9 @@ pub struct CreateArgs {
     #[arg(value_parser = parse_disk_name)]
     name: DiskName,
     /// Virtual size, like 64G, 512M or 1T (a multiple of 512 bytes)
-    #[arg(long, value_parser = parse_size, required_unless_present = "from")]
+    #[arg(long, value_parser = parse_disk_size, required_unless_present = "from")]
     size: Option<u64>,
-    /// Block size: a power of two from 4K to 1M; the unit of copy-on-write
+    /// Block size: a power of two from 4K to 1M; the unit of copy-on-write [default: 64K]
     #[arg(long, value_parser = parse_block_size, conflicts_with = "from")]
     block_size: Option<u32>,
     /// Make it from a snapshot, as DISK@SNAP: its content, sharing its blocks
@@ -101,7 +102,7 @@ pub struct ResizeArgs {
     #[arg(value_parser = parse_disk_name)]
     name: DiskName,
     /// The new size, not smaller than the current one, like 128G
-    #[arg(long, value_parser = parse_size)]
+    #[arg(long, value_parser = parse_disk_size)]
     size: u64,
 }
 
@@ -133,7 +134,7 @@ pub struct ImportArgs {
     /// becomes the disk's size
     file: PathBuf,
     /// Block size: a power of two from 4K to 1M
-    #[arg(long, value_parser = parse_block_size, default_value_t = DEFAULT_BLOCK_SIZE)]
+    #[arg(long, value_parser = parse_block_size, default_value = "64K")]
     block_size: u32,
     /// The image's exact size, needed when it comes down a pipe (standard
     /// input, a FIFO): the pipe must deliver exactly that many bytes. For a

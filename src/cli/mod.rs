@@ -6,6 +6,7 @@
 mod apply;
 mod diff;
 mod disk;
+mod docs;
 mod export;
 mod gc;
 mod init;
@@ -15,6 +16,7 @@ mod prune;
 mod quarantine;
 mod send;
 mod snapshot;
+mod status;
 mod target;
 mod usage;
 mod verify;
@@ -138,10 +140,18 @@ enum Command {
     /// MOUNTPOINT/<disk>/live.img is the writable disk;
     /// MOUNTPOINT/<disk>/snapshots/<snap>.img are read-only points in time.
     /// Returns once the mount answers; the daemon owns the repository until
-    /// `strata umount`, and the other commands then talk to it.
+    /// `strata umount`, and the other commands then talk to it. A
+    /// repository whose directory is missing or empty is created first.
     Mount(mount::MountArgs),
     /// Flush everything and unmount (also cleans up after a daemon that died)
     Umount(mount::UmountArgs),
+    /// This strata's version, the repository, the daemon serving it, and
+    /// what needs attention (quarantine, latched disks); every strata mount
+    Status(status::StatusArgs),
+    /// Print a shell completion script (bash, zsh or fish)
+    Completions(docs::CompletionsArgs),
+    /// Write man pages for strata and every subcommand
+    Manpages(docs::ManpagesArgs),
     /// Thaws file systems after a delay (started by `snapshot create --freeze`)
     #[command(hide = true)]
     ThawGuard(ThawGuardArgs),
@@ -211,6 +221,8 @@ fn run(cli: Cli) -> CmdResult {
         Command::Mount(a) => return mount::mount(cli.repo, a),
         Command::Umount(a) => return mount::umount(a),
         Command::Apply(a) => return apply::run(a),
+        Command::Completions(a) => return docs::completions(a),
+        Command::Manpages(a) => return docs::manpages(a),
         Command::ThawGuard(a) => {
             strata::control::freeze::guard(std::time::Duration::from_secs(a.after), &a.paths);
             return Ok(());
@@ -234,9 +246,13 @@ fn run(cli: Cli) -> CmdResult {
         Command::Usage(a) => usage::run(&repo_path, a),
         Command::Gc => gc::run(&repo_path),
         Command::Verify(a) => verify::run(&repo_path, a),
-        Command::Mount(_) | Command::Umount(_) | Command::ThawGuard(_) | Command::Apply(_) => {
-            Ok(())
-        }
+        Command::Status(a) => status::run(&repo_path, a),
+        Command::Mount(_)
+        | Command::Umount(_)
+        | Command::ThawGuard(_)
+        | Command::Apply(_)
+        | Command::Completions(_)
+        | Command::Manpages(_) => Ok(()),
     }
 }
 
@@ -286,6 +302,13 @@ pub fn parse_image_ref(s: &str) -> Result<ImageRef, String> {
 
 pub fn parse_size(s: &str) -> Result<u64, String> {
     units::parse_size("size", s).map_err(|e| e.to_string())
+}
+
+/// A disk's size: a size, and one a disk can have (not zero, a multiple of
+/// 512 bytes), so a bad one is a usage error like a malformed one.
+pub fn parse_disk_size(s: &str) -> Result<u64, String> {
+    let n = parse_size(s)?;
+    strata::store::catalog::check_disk_size(n).map_err(|e| e.to_string())
 }
 
 pub fn parse_block_size(s: &str) -> Result<u32, String> {

@@ -33,8 +33,10 @@ pub struct MountArgs {
     /// Stay in the foreground and log to stderr (set RUST_LOG=info for more)
     #[arg(long)]
     foreground: bool,
-    /// Mount options, comma-separated: ro, rw, allow_other, allow_root
-    /// (fstab's defaults, noauto, nofail, user, users, _netdev and x-* are accepted and ignored)
+    /// Mount options, comma-separated: ro, rw, allow_other, allow_root,
+    /// checked, uid=N, gid=N, umask=OCTAL (mount(8)'s and fstab's generic
+    /// ones, such as defaults, nofail, noauto, _netdev, nosuid, nodev,
+    /// noexec, comment= and x-systemd.*, are accepted and ignored)
     #[arg(short = 'o', value_name = "OPTIONS")]
     options: Vec<String>,
 }
@@ -88,18 +90,19 @@ fn parse_options(a: &MountArgs) -> Result<MountOptions, Failure> {
                     _ => opts.umask = Some(n),
                 }
             }
-            "defaults"
-            | "noauto"
-            | "auto"
-            | "nofail"
-            | "user"
-            | "users"
-            | "_netdev"
-            | "default_permissions" => {}
-            o if o.starts_with("x-") => {}
+            // What mount(8), fstab and systemd pass along. The kernel's
+            // permission checks come with allow_other; images hold no
+            // devices or set-uid files, and mount point permissions are
+            // the daemon's (umask=).
+            "defaults" | "noauto" | "auto" | "nofail" | "user" | "users" | "owner" | "group"
+            | "_netdev" | "default_permissions" | "nosuid" | "nodev" | "noexec" | "suid"
+            | "dev" | "exec" | "noatime" | "relatime" | "atime" => {}
+            o if ["x-", "comment=", "user="].iter().any(|p| o.starts_with(p)) => {}
             o => {
                 return Err(Failure::Usage(format!(
-                    "unknown mount option {o:?} (known: ro, rw, allow_other, allow_root, checked, uid=, gid=, umask=)"
+                    "unknown mount option {o:?} (strata's own: ro, rw, allow_other, allow_root, \
+                     default_permissions, checked, uid=, gid=, umask=; fstab's generic ones \
+                     such as defaults, nofail, noauto, _netdev, nosuid and x-systemd.* are accepted)"
                 )))
             }
         }
@@ -109,17 +112,21 @@ fn parse_options(a: &MountArgs) -> Result<MountOptions, Failure> {
 
 pub fn mount(repo: Option<PathBuf>, a: MountArgs) -> CmdResult {
     let opts = parse_options(&a)?;
-    let repo = match repo {
-        Some(p) => absolute(&p)?,
-        None => {
-            let p = absolute(&Repository::default_path()?)?;
-            if !p.join("strata.repo").exists() {
-                drop(Repository::init(&p)?);
-                eprintln!("created repository {}", p.display());
-            }
-            p
-        }
+    // A repository that does not exist yet is created, like the default
+    // one, when its directory is missing or empty; a directory holding
+    // anything else is left to `open` to refuse.
+    let repo = absolute(&match repo {
+        Some(p) => p,
+        None => Repository::default_path()?,
+    })?;
+    let fresh = match std::fs::read_dir(&repo) {
+        Ok(mut d) => d.next().is_none(),
+        Err(e) => e.kind() == std::io::ErrorKind::NotFound,
     };
+    if fresh {
+        drop(Repository::init(&repo)?);
+        eprintln!("created repository {}", repo.display());
+    }
     let mp = absolute(&a.mountpoint)?;
     if std::fs::read_dir(&mp).is_ok_and(|mut d| d.next().is_some()) {
         eprintln!(
@@ -137,6 +144,10 @@ pub fn mount(repo: Option<PathBuf>, a: MountArgs) -> CmdResult {
                 } else {
                     eprintln!("strata: note: {n}");
                 }
+            }
+            // Under systemd (Type=notify), the service is up now.
+            if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+                log::warn!("cannot tell systemd the mount is ready: {e}");
             }
             if notify {
                 println!("{READY}");
@@ -242,13 +253,32 @@ pub fn umount(a: UmountArgs) -> CmdResult {
         );
         return Ok(());
     };
-    // Unmounted, or the daemon exited before answering: both mean unmounted.
     let flush_failed = match client.call(Request::Unmount, &[], &mut |_, _| {}) {
         Ok(Response::Refused { message, .. }) => return Err(Failure::Refused(message)),
         Ok(Response::Unmounted { flush_failed }) => flush_failed,
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+            // A daemon of another strata, which cannot read the request:
+            // every version unmounts cleanly on SIGTERM.
+            let pid = Repository::holder(&repo)?.ok_or_else(|| Failure::Refused(e.to_string()))?;
+            sys::terminate(pid).map_err(|t| {
+                Failure::Refused(format!("{e}; and it could not be stopped (PID {pid}): {t}"))
+            })?;
+            None
+        }
+        // The daemon exited before it answered: unmounted, or it died.
         _ => None,
     };
     wait_for_release(&repo)?;
+    if daemon::mounted_repository(&mp).is_some() {
+        // It died without unmounting: what it left is a dead mount.
+        daemon::detach(&mp)
+            .map_err(|e| Failure::Refused(format!("cannot detach {}: {e}", mp.display())))?;
+        println!(
+            "removed the stale mount {} (its daemon had stopped)",
+            mp.display()
+        );
+        return Ok(());
+    }
     if let Some(e) = flush_failed {
         return Err(Failure::Refused(format!(
             "unmounted {}, but the final flush failed: {e}",

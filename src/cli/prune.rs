@@ -4,7 +4,7 @@ use std::path::Path;
 
 use clap::Args;
 use strata::control::{Request, Response};
-use strata::store::{DiskName, Retention};
+use strata::store::{DiskName, PruneReport, Retention};
 use strata::units::format_size;
 
 use super::output;
@@ -17,12 +17,16 @@ use super::{parse_disk_name, CmdResult, Failure};
 never deletes every snapshot). Periods are UTC; weeks run Monday to Sunday.\n\n\
 Examples:\n  \
 strata prune vm1 --keep-last 3 --keep-daily 7 --keep-weekly 4 --dry-run\n  \
-strata prune vm1 --keep-hourly 24 --keep-monthly 12"
+strata prune vm1 --keep-hourly 24 --keep-monthly 12\n  \
+strata prune --all --keep-daily 7 --keep-weekly 4   # every disk"
 )]
 pub struct PruneArgs {
     /// The disk whose snapshots to prune
-    #[arg(value_parser = parse_disk_name)]
-    disk: DiskName,
+    #[arg(value_parser = parse_disk_name, required_unless_present = "all")]
+    disk: Option<DiskName>,
+    /// Prune every disk with the same rules
+    #[arg(long, conflicts_with = "disk")]
+    all: bool,
     /// Keep the newest N snapshots
     #[arg(long, value_name = "N", default_value_t = 0)]
     keep_last: u32,
@@ -61,43 +65,71 @@ pub fn run(repo: &Path, a: PruneArgs) -> CmdResult {
         ));
     }
     let mut target = Target::open(repo)?;
-    let req = Request::Prune {
-        disk: a.disk.clone(),
-        keep,
-        dry_run: a.dry_run,
+    let disks = match a.disk.clone() {
+        Some(d) => vec![d],
+        None => target.disk_names()?,
     };
-    let report = match target.call(req, &mut |_, _| {})? {
-        Response::Pruned(r) => r,
-        r => return Err(unexpected(r)),
-    };
-    if a.json {
-        return output::json(&report);
+    let mut reports = vec![];
+    for disk in disks {
+        let req = Request::Prune {
+            disk: disk.clone(),
+            keep,
+            dry_run: a.dry_run,
+        };
+        match target.call(req, &mut |_, _| {})? {
+            Response::Pruned(r) => reports.push((disk, r)),
+            r => return Err(unexpected(r)),
+        }
     }
+    if a.json {
+        if a.all {
+            let all: Vec<_> = reports
+                .iter()
+                .map(|(disk, report)| DiskPruned {
+                    disk: disk.to_string(),
+                    report,
+                })
+                .collect();
+            return output::json(&all);
+        }
+        return output::json(&reports[0].1);
+    }
+    if reports.is_empty() {
+        println!("there are no disks to prune");
+    }
+    for (disk, report) in &reports {
+        print(disk, report);
+    }
+    Ok(())
+}
+
+/// One disk's prune, in `--all --json`.
+#[derive(serde::Serialize)]
+struct DiskPruned<'a> {
+    disk: String,
+    #[serde(flatten)]
+    report: &'a PruneReport,
+}
+
+fn print(disk: &DiskName, report: &PruneReport) {
     let (verb, gives) = if report.dry_run {
         ("would delete", "would give back about")
     } else {
         ("deleted", "gave back")
     };
     if report.delete.is_empty() && report.keep.is_empty() {
-        println!("{} has no snapshots", a.disk);
-        return Ok(());
+        println!("{disk} has no snapshots");
+        return;
     }
     for name in &report.delete {
-        println!("{verb} {}@{name}", a.disk);
+        println!("{verb} {disk}@{name}");
     }
     println!(
-        "{} {} of {} snapshots of {}, kept {}; {gives} {}",
-        if report.dry_run {
-            "would delete"
-        } else {
-            "deleted"
-        },
+        "{verb} {} of {} snapshots of {disk}, kept {}; {gives} {}",
         report.delete.len(),
         report.delete.len() + report.keep.len(),
-        a.disk,
         report.keep.len(),
         format_size(report.freed_bytes)
     );
     output::unfinished(&report.unfinished);
-    Ok(())
 }

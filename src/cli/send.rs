@@ -57,6 +57,9 @@ pub struct ReceiveArgs {
     /// List receives that were cut short, with their resume tokens
     #[arg(long, conflicts_with_all = ["as_disk", "input", "abort"])]
     status: bool,
+    /// With --status: print JSON instead of a table
+    #[arg(long, requires = "status")]
+    json: bool,
     /// Discard receives cut short (all, or the one of DISK@SNAP)
     #[arg(long, value_name = "DISK@SNAP", num_args = 0..=1, value_parser = parse_snapshot_ref, conflicts_with_all = ["as_disk", "input"])]
     abort: Option<Option<SnapshotRef>>,
@@ -160,6 +163,9 @@ pub fn receive(repo: &Path, a: ReceiveArgs) -> CmdResult {
             Response::PartialReceives(p) => p,
             r => return Err(unexpected(r)),
         };
+        if a.json {
+            return output::json(&parts);
+        }
         if parts.is_empty() {
             println!("no receive is under way or cut short");
             return Ok(());

@@ -64,8 +64,11 @@ strata snapshot id vm1@nightly\n  \
 #[derive(Args)]
 pub struct CreateArgs {
     /// The disks to snapshot (together, when there are several)
-    #[arg(value_parser = parse_disk_name, required = true, value_name = "DISK")]
+    #[arg(value_parser = parse_disk_name, required_unless_present = "all", value_name = "DISK")]
     disks: Vec<DiskName>,
+    /// Snapshot every disk, together (what a nightly timer runs)
+    #[arg(long, conflicts_with = "disks")]
+    all: bool,
     /// Snapshot name (default: the UTC time, like 2026-11-22T14-05-00Z)
     #[arg(long, value_parser = parse_snap_name)]
     name: Option<SnapName>,
@@ -143,8 +146,13 @@ pub fn run(repo: &Path, cmd: SnapshotCommand) -> CmdResult {
     match cmd {
         SnapshotCommand::Create(a) => {
             let (files, names) = freeze;
+            let disks = if a.all { target.disk_names()? } else { a.disks };
+            if disks.is_empty() {
+                println!("there are no disks to snapshot");
+                return Ok(());
+            }
             let req = Request::SnapshotCreate {
-                disks: a.disks,
+                disks,
                 name: a.name,
                 full: a.full,
                 freeze: names,

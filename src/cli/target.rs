@@ -51,7 +51,7 @@ impl Target {
             Target::Local(repo) => execute(repo, req, files, progress),
             Target::Daemon(c) => c
                 .call(req, &files, progress)
-                .map_err(|e| Failure::Refused(format!("the mount's daemon did not answer: {e}")))?,
+                .map_err(|e| Failure::Refused(e.to_string()))?,
         };
         match resp {
             Response::Refused {
@@ -63,6 +63,22 @@ impl Target {
                 usage: false,
             } => Err(Failure::Refused(message)),
             r => Ok(r),
+        }
+    }
+}
+
+impl Target {
+    /// The names of every disk, for `--all`.
+    pub fn disk_names(&mut self) -> Result<Vec<strata::store::DiskName>, Failure> {
+        match self.call(Request::DiskList, &mut |_, _| {})? {
+            Response::Disks(d) => d
+                .iter()
+                .map(|d| {
+                    strata::store::DiskName::parse(&d.name)
+                        .map_err(|e| Failure::Refused(e.to_string()))
+                })
+                .collect(),
+            r => Err(unexpected(r)),
         }
     }
 }

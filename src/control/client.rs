@@ -6,7 +6,7 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
-use super::{receive, send, Request, Response, SOCKET_FILE};
+use super::{receive, send, Request, Response, VersionMismatch, SOCKET_FILE};
 
 pub struct Client {
     stream: UnixStream,
@@ -43,12 +43,41 @@ impl Client {
         files: &[File],
         progress: &mut dyn FnMut(u64, u64),
     ) -> io::Result<Response> {
-        send(&self.stream, req, files)?;
-        loop {
-            match receive(&self.stream)? {
-                (Response::Progress { done, total }, _) => progress(done, total),
-                (resp, _) => return Ok(resp),
+        let answer = (|| {
+            send(&self.stream, req, files)?;
+            loop {
+                match receive(&self.stream)? {
+                    (Response::Progress { done, total }, _) => progress(done, total),
+                    (resp, _) => return Ok(resp),
+                }
             }
-        }
+        })();
+        answer.map_err(explain)
     }
+}
+
+/// What a failed call means for the user, and what to do.
+fn explain(e: io::Error) -> io::Error {
+    use io::ErrorKind::*;
+    let kind = e.kind();
+    if let Some(m) = e
+        .get_ref()
+        .and_then(|m| m.downcast_ref::<VersionMismatch>())
+    {
+        return io::Error::new(
+            kind,
+            format!(
+                "the mount's daemon is of another strata: {m}; restart the mount with this one \
+                 (`strata umount MOUNTPOINT`, then `strata mount MOUNTPOINT`)"
+            ),
+        );
+    }
+    if matches!(kind, UnexpectedEof | ConnectionReset | BrokenPipe) {
+        return io::Error::new(
+            kind,
+            "the mount's daemon stopped before it answered (killed, or it crashed: see \
+             daemon.log in the repository); `strata umount MOUNTPOINT` removes the mount it left",
+        );
+    }
+    e
 }

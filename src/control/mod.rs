@@ -44,7 +44,7 @@ use crate::store::{
 };
 
 /// Bumped whenever [`Request`] or [`Response`] change shape.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 /// Largest message accepted, so a confused peer cannot make us allocate GiBs.
 const MAX_MESSAGE: u32 = 64 << 20;
 
@@ -53,8 +53,24 @@ pub const SOCKET_FILE: &str = "control.sock";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Envelope<T> {
+    /// [`PROTOCOL_VERSION`]; it leads, so any version of strata reads it.
     pub version: u32,
+    /// The sender's strata version, for the message when they differ.
+    pub strata: String,
     pub body: T,
+}
+
+/// The other end of the control socket speaks another protocol: a daemon
+/// started by another strata binary, most likely.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the other end runs strata {} (control protocol {theirs}); this is strata {} (protocol {PROTOCOL_VERSION})",
+    strata.as_deref().unwrap_or("of an unknown version"),
+    env!("CARGO_PKG_VERSION")
+)]
+pub struct VersionMismatch {
+    pub theirs: u32,
+    pub strata: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -180,6 +196,8 @@ pub enum Request {
     },
     /// Only a daemon answers this: flush everything and unmount.
     Unmount,
+    /// Who serves the repository, and what needs attention.
+    Status,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -227,11 +245,50 @@ pub enum Response {
     PartialReceives(Vec<PartialReceive>),
     /// Receives discarded, by snapshot.
     Aborted(Vec<String>),
+    Status(Status),
     /// The request was refused; `usage` marks bad arguments (exit status 2).
     Refused {
         message: String,
         usage: bool,
     },
+}
+
+/// What `strata status` shows of a repository and the process serving it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    /// The strata version of the process that answered.
+    pub strata: String,
+    pub pid: u32,
+    pub repository: String,
+    /// Files set aside in the quarantine, and their bytes.
+    pub quarantined_files: u64,
+    pub quarantined_bytes: u64,
+    /// Disks that stopped taking writes after an I/O error.
+    pub latched: Vec<Latched>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Latched {
+    pub disk: String,
+    pub cause: String,
+}
+
+impl Status {
+    pub fn of(repo: &Repository) -> Result<Status, StoreError> {
+        let q = repo.quarantine()?;
+        Ok(Status {
+            strata: env!("CARGO_PKG_VERSION").to_string(),
+            pid: std::process::id(),
+            repository: repo.path().display().to_string(),
+            quarantined_files: q.len() as u64,
+            quarantined_bytes: q.iter().map(|f| f.bytes).sum(),
+            latched: repo
+                .latched()
+                .into_iter()
+                .map(|(disk, cause)| Latched { disk, cause })
+                .collect(),
+        })
+    }
 }
 
 impl Request {
@@ -252,6 +309,7 @@ impl Request {
             | Request::BookmarkList { .. }
             | Request::Verify { .. }
             | Request::QuarantineList
+            | Request::Status
             | Request::Unmount => false,
             Request::Prune { dry_run, .. } => !dry_run,
             _ => true,
@@ -287,6 +345,7 @@ impl Request {
             Request::BookmarkList { .. } => "snapshot list",
             Request::Verify { .. } => "verify",
             Request::QuarantineList => "quarantine list",
+            Request::Status => "status",
             Request::QuarantinePurge => "quarantine purge",
             Request::Unmount => "umount",
         }
@@ -469,6 +528,7 @@ pub fn execute(
                 Response::Aborted(repo.abort_receives(snapshot.as_ref())?)
             }
             Request::QuarantineList => Response::Quarantine(repo.quarantine()?),
+            Request::Status => Response::Status(Status::of(repo)?),
             Request::QuarantinePurge => Response::Quarantine(repo.purge_quarantine()?),
             Request::Unmount => Response::Refused {
                 message: "the repository is not mounted".into(),
@@ -483,6 +543,7 @@ pub fn execute(
 pub(crate) fn send<T: Serialize>(stream: &UnixStream, body: T, files: &[File]) -> io::Result<()> {
     let bytes = postcard::to_stdvec(&Envelope {
         version: PROTOCOL_VERSION,
+        strata: env!("CARGO_PKG_VERSION").to_string(),
         body,
     })
     .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
@@ -514,12 +575,17 @@ pub(crate) fn receive<T: DeserializeOwned>(stream: &UnixStream) -> io::Result<(T
         .map(|(v, _)| v)
         .unwrap_or(0);
     if version != PROTOCOL_VERSION {
+        // Since protocol 5 the sender's strata version comes next.
+        let strata = postcard::take_from_bytes::<(u32, String)>(&buf)
+            .ok()
+            .filter(|_| version >= 5)
+            .map(|((_, s), _)| s);
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
-            format!(
-                "the other side speaks control protocol {version}, this strata speaks {PROTOCOL_VERSION}; \
-                 use the same strata binary for the mount and the command"
-            ),
+            VersionMismatch {
+                theirs: version,
+                strata,
+            },
         ));
     }
     let body = postcard::from_bytes::<Envelope<T>>(&buf)

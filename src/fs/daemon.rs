@@ -172,12 +172,17 @@ fn fusermount_open(mp: &Path, config: &Config) -> io::Result<OwnedFd> {
     drop(theirs);
     let fd = sys::recv_fd(&ours);
     let out = child.wait_with_output()?;
+    let said = String::from_utf8_lossy(&out.stderr).trim().to_string();
     match fd {
         Ok(fd) if out.status.success() => Ok(fd),
-        _ => Err(io::Error::other(format!(
-            "fusermount3 failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))),
+        _ if said.contains("/dev/fuse") && said.contains("Permission denied") => {
+            Err(io::Error::other(format!(
+                "fusermount3 failed: {said}: /dev/fuse must be readable and writable by \
+                 every user (crw-rw-rw-, as udev makes it; some containers ship it 0600): \
+                 as root, `chmod 0666 /dev/fuse`"
+            )))
+        }
+        _ => Err(io::Error::other(format!("fusermount3 failed: {said}"))),
     }
 }
 
@@ -334,32 +339,41 @@ pub fn tune_readahead(mp: &Path) {
     }
 }
 
-/// What /proc/self/mountinfo says of the mount at a path.
+/// What /proc/self/mountinfo says of a mount.
 struct MountEntry {
+    mountpoint: String,
     /// `major:minor`
     device: String,
     fstype: String,
     source: String,
 }
 
-/// The newest mount at `mp`, from /proc/self/mountinfo (a `stat` of the
-/// mount point would ask this very daemon, which may not be serving yet).
-fn mount_entry(mp: &Path) -> Option<MountEntry> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    let want = mp.to_str()?;
-    info.lines().rev().find_map(|line| {
-        let (left, right) = line.split_once(" - ")?;
-        let f: Vec<&str> = left.split(' ').collect();
-        let r: Vec<&str> = right.split(' ').collect();
-        if unescape(f.get(4)?) != want {
-            return None;
-        }
-        Some(MountEntry {
-            device: f.get(2)?.to_string(),
-            fstype: r.first()?.to_string(),
-            source: unescape(r.get(1)?),
+/// Every mount, oldest first, from /proc/self/mountinfo.
+fn mount_entries() -> Vec<MountEntry> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    info.lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let f: Vec<&str> = left.split(' ').collect();
+            let r: Vec<&str> = right.split(' ').collect();
+            Some(MountEntry {
+                mountpoint: unescape(f.get(4)?),
+                device: f.get(2)?.to_string(),
+                fstype: r.first()?.to_string(),
+                source: unescape(r.get(1)?),
+            })
         })
-    })
+        .collect()
+}
+
+/// The newest mount at `mp` (a `stat` of the mount point would ask this
+/// very daemon, which may not be serving yet).
+fn mount_entry(mp: &Path) -> Option<MountEntry> {
+    let want = mp.to_str()?;
+    mount_entries()
+        .into_iter()
+        .rev()
+        .find(|e| e.mountpoint == want)
 }
 
 /// Refuses a mount point where another file system is mounted already
@@ -387,10 +401,21 @@ fn mount_device(mp: &Path) -> Option<String> {
 /// the repository's path; its type is `fuse` when mounted directly (the
 /// kernel keeps no subtype then) or `fuse.strata` through fusermount3.
 pub fn mounted_repository(mp: &Path) -> Option<PathBuf> {
-    let entry = mount_entry(mp)?;
-    let repo = PathBuf::from(entry.source);
+    strata_mount(&mount_entry(mp)?)
+}
+
+fn strata_mount(entry: &MountEntry) -> Option<PathBuf> {
+    let repo = PathBuf::from(&entry.source);
     let fuse = matches!(entry.fstype.as_str(), "fuse" | "fuse.strata");
     (fuse && repo.join("strata.repo").is_file()).then_some(repo)
+}
+
+/// Every strata mount on this system, as (mount point, repository).
+pub fn strata_mounts() -> Vec<(PathBuf, PathBuf)> {
+    mount_entries()
+        .iter()
+        .filter_map(|e| Some((PathBuf::from(&e.mountpoint), strata_mount(e)?)))
+        .collect()
 }
 
 /// mountinfo escapes space, tab, newline and backslash as octal.

@@ -203,6 +203,11 @@ impl Disk {
         }
     }
 
+    /// Why the disk stopped taking writes, if it has.
+    pub fn latch_cause(&self) -> Option<String> {
+        self.latch.lock().clone()
+    }
+
     /// Whether the disk is latched.
     pub fn is_latched(&self) -> bool {
         self.latch.lock().is_some()
@@ -432,10 +437,13 @@ impl Disk {
             size,
             block_size: self.block_size,
         };
-        st.live
-            .data
-            .set_len(size)
-            .map_err(|e| self.latch(StoreError::io(&st.live.data_path)(e)))?;
+        st.live.data.set_len(size).map_err(|e| {
+            match StoreError::io_len(&st.live.data_path, size)(e) {
+                // Too large for the host: refused, nothing changed.
+                e @ StoreError::Refused(_) => e,
+                e => self.latch(e),
+            }
+        })?;
         st.live.geo = geo;
         self.size.store(size, Ordering::Release);
         let present = st.live.present.clone();

@@ -93,6 +93,25 @@ impl StoreError {
         move |source| StoreError::Io { path, source }
     }
 
+    /// Like [`StoreError::io`], for making the file at `path` `size` bytes
+    /// long: a size past the host file system's largest file (`EFBIG`) is
+    /// explained rather than passed on as "File too large".
+    pub fn io_len(path: impl Into<PathBuf>, size: u64) -> impl FnOnce(io::Error) -> StoreError {
+        let path = path.into();
+        move |source| {
+            if source.raw_os_error() != Some(libc::EFBIG) {
+                return StoreError::Io { path, source };
+            }
+            let dir = path.parent().unwrap_or(&path);
+            StoreError::Refused(format!(
+                "the file system holding {} cannot hold a file of {} (ext4, for one, stops at 16 TiB); \
+                 make the disk smaller, or keep the repository on XFS or btrfs",
+                dir.display(),
+                crate::units::format_size(size)
+            ))
+        }
+    }
+
     pub fn corrupt(path: impl Into<PathBuf>, what: impl Into<String>) -> StoreError {
         StoreError::Corrupt {
             path: path.into(),

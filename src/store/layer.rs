@@ -609,12 +609,10 @@ impl LiveLayer {
         let data = files
             .storage()
             .create_new(&data_path)
-            .and_then(|f| {
-                f.set_len(geo.size)?;
-                f.sync_all()?;
-                Ok(f)
-            })
             .map_err(StoreError::io(&data_path))?;
+        data.set_len(geo.size)
+            .map_err(StoreError::io_len(&data_path, geo.size))?;
+        data.sync_all().map_err(StoreError::io(&data_path))?;
         Ok(LiveLayer {
             id,
             geo,

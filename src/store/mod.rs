@@ -113,7 +113,7 @@ use storage::{EntryKind, LocalStorage, LockOutcome, Storage};
 
 use crate::sys;
 
-pub(crate) const REPO_FILE: &str = "strata.repo";
+pub const REPO_FILE: &str = "strata.repo";
 const CATALOG_FILE: &str = "catalog";
 const LOCK_FILE: &str = "lock";
 /// Layer files, as intents name them.
@@ -1133,6 +1133,20 @@ impl Repository {
             }
         }
         first
+    }
+
+    /// The open disks that stopped taking writes, and why (see the latch in
+    /// [`disk`]), by name.
+    pub fn latched(&self) -> Vec<(String, String)> {
+        let mut out: Vec<_> = self
+            .inner
+            .disks
+            .lock()
+            .values()
+            .filter_map(|d| Some((d.name().to_string(), d.latch_cause()?)))
+            .collect();
+        out.sort();
+        out
     }
 
     /// The files set aside in the quarantine.

@@ -186,8 +186,8 @@ impl Repository {
                 st.create_dir_all(&dir).map_err(io(&dir))?;
                 let f = st.create_new(&data_path).map_err(io(&data_path))?;
                 f.set_len(geo.size)
-                    .and_then(|_| f.sync_all())
-                    .map_err(io(&data_path))?;
+                    .map_err(StoreError::io_len(&data_path, geo.size))?;
+                f.sync_all().map_err(io(&data_path))?;
                 let state = ReceiveState {
                     repo: self.inner.files.repo_id(),
                     begin: begin.clone(),

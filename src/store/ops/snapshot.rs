@@ -509,7 +509,8 @@ impl Repository {
         let own_path = self.inner.paths.data(fid);
         let io = |e| StoreError::io(&own_path)(e);
         let own = self.inner.storage.create_new(&own_path).map_err(io)?;
-        own.set_len(geo.size).map_err(io)?;
+        own.set_len(geo.size)
+            .map_err(StoreError::io_len(&own_path, geo.size))?;
         let bs = geo.block_size as u64;
         let mut copied = ExtentSet::new();
         let mut zero = ExtentSet::new();
