@@ -437,13 +437,10 @@ impl Disk {
             size,
             block_size: self.block_size,
         };
-        st.live.data.set_len(size).map_err(|e| {
-            match StoreError::io_len(&st.live.data_path, size)(e) {
-                // Too large for the host: refused, nothing changed.
-                e @ StoreError::Refused(_) => e,
-                e => self.latch(e),
-            }
-        })?;
+        st.live
+            .data
+            .set_len(size)
+            .map_err(|e| self.latch(StoreError::io(&st.live.data_path)(e)))?;
         st.live.geo = geo;
         self.size.store(size, Ordering::Release);
         let present = st.live.present.clone();

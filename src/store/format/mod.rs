@@ -202,7 +202,7 @@
 pub mod v1;
 pub mod v2;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
@@ -768,17 +768,11 @@ pub fn parse_log(path: &Path, magic: [u8; 8], bytes: &[u8]) -> Result<ParsedLog>
 /// in place but may not survive a power cut, so the caller must not undo
 /// anything that the new contents name.
 pub fn write_atomic(storage: &dyn Storage, tmp: &Path, path: &Path, contents: &[u8]) -> Result<()> {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp_path = tmp.join(format!(
-        "{name}.{}.{}.tmp",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
+    let tmp_path = scratch_path(tmp, &name);
     let written = storage.create_new(&tmp_path).and_then(|f| {
         f.write_all_at(contents, 0)?;
         f.sync_all()
@@ -806,7 +800,32 @@ pub fn write_atomic(storage: &dyn Storage, tmp: &Path, path: &Path, contents: &[
         })
 }
 
-/// Whether a name in `tmp/` is one [`write_atomic`] makes
+/// A new name in `tmp/` for scratch: `NAME.PID.N.tmp`.
+fn scratch_path(tmp: &Path, name: &str) -> PathBuf {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    tmp.join(format!(
+        "{name}.{}.{}.tmp",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ))
+}
+
+/// Refuses, with [`StoreError::io_len`]'s explanation, a file size the
+/// host file system cannot hold: a sparse scratch file in `tmp/` is made
+/// that long and removed. Nothing else is touched, so a grow can be
+/// checked before the catalog records it.
+pub fn probe_file_size(storage: &dyn Storage, tmp: &Path, size: u64) -> Result<()> {
+    let path = scratch_path(tmp, "size-probe");
+    let f = storage.create_new(&path).map_err(StoreError::io(&path))?;
+    let grown = f.set_len(size).map_err(StoreError::io_len(&path, size));
+    drop(f);
+    let _ = storage.remove_file(&path);
+    grown
+}
+
+/// Whether a name in `tmp/` is one [`write_atomic`] or
+/// [`probe_file_size`] makes
 /// (`NAME.PID.N.tmp`): scratch that nothing names, which open removes.
 pub fn is_scratch_name(name: &str) -> bool {
     let Some(stem) = name.strip_suffix(".tmp") else {

@@ -140,6 +140,8 @@ impl Repository {
         disk.flush()?;
         let _s = self.inner.structure.lock();
         let mut lock = disk.lock_freeze();
+        // Past the host's largest file, refused before anything changes.
+        format::probe_file_size(self.inner.storage.as_ref(), &self.inner.paths.tmp, size)?;
         let live = disk.live_id();
         let committed = self.commit(|cat| {
             let d = cat
