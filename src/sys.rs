@@ -378,6 +378,18 @@ pub fn statvfs(path: &Path) -> io::Result<FsStats> {
     })
 }
 
+/// Unmounts `path` (`umount2` without flags: refused while busy; needs
+/// root).
+pub fn umount(path: &Path) -> io::Result<()> {
+    let c = cpath(path)?;
+    // SAFETY: `c` is a NUL-terminated path; umount2 only reads it.
+    if unsafe { libc::umount2(c.as_ptr(), 0) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Detaches a mount now, even if its daemon is gone or it is busy
 /// (`umount2(MNT_DETACH)`; needs root).
 pub fn umount_detach(path: &Path) -> io::Result<()> {

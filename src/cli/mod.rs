@@ -14,6 +14,7 @@ mod mount;
 mod output;
 mod prune;
 mod quarantine;
+mod restore;
 mod send;
 mod snapshot;
 mod status;
@@ -143,6 +144,9 @@ enum Command {
     /// `strata umount`, and the other commands then talk to it. A
     /// repository whose directory is missing or empty is created first.
     Mount(mount::MountArgs),
+    /// Mount a snapshot's file systems read-only to copy single files out
+    #[command(subcommand)]
+    Restore(restore::RestoreCommand),
     /// Flush everything and unmount (also cleans up after a daemon that died)
     Umount(mount::UmountArgs),
     /// This strata's version, the repository, the daemon serving it, and
@@ -247,6 +251,7 @@ fn run(cli: Cli) -> CmdResult {
         Command::Gc => gc::run(&repo_path),
         Command::Verify(a) => verify::run(&repo_path, a),
         Command::Status(a) => status::run(&repo_path, a),
+        Command::Restore(c) => restore::run(&repo_path, c),
         Command::Mount(_)
         | Command::Umount(_)
         | Command::ThawGuard(_)

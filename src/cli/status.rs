@@ -1,7 +1,7 @@
 //! `strata status`: this strata, the repository, who serves it and what
 //! needs attention, and every strata mount on the system.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use clap::Args;
 use serde::Serialize;
@@ -71,11 +71,9 @@ pub fn run(repo: &Path, a: StatusArgs) -> CmdResult {
     let repo = absolute(repo)?;
     let exists = repo.join(strata::store::REPO_FILE).is_file();
     let mounts = daemon::strata_mounts();
-    let same = |r: &PathBuf| std::fs::canonicalize(r).ok() == std::fs::canonicalize(&repo).ok();
-    let mounted_at: Vec<String> = mounts
+    let mounted_at: Vec<String> = daemon::mount_points_of(&repo)
         .iter()
-        .filter(|(_, r)| same(r))
-        .map(|(mp, _)| mp.display().to_string())
+        .map(|mp| mp.display().to_string())
         .collect();
     let (status, daemon, error) = if !exists {
         (None, false, None)

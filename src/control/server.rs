@@ -28,6 +28,10 @@ pub struct ServerHooks {
     /// The mount is read-only: requests that change the repository are
     /// refused.
     pub read_only: bool,
+    /// Called once the answer to an unmount request is sent, so the daemon,
+    /// whose mount is gone by then, does not exit before the command has
+    /// heard how the unmount went.
+    pub unmount_answered: Box<dyn Fn() + Send + Sync>,
 }
 
 /// Binds `REPO/control.sock` (mode 0600) and serves it on a thread. The
@@ -135,7 +139,12 @@ fn handle(conn: UnixStream, repo: &Repository, hooks: &ServerHooks) {
                 resp
             }
         };
-        if send(&conn, resp, &[]).is_err() {
+        let unmounted = matches!(resp, Response::Unmounted { .. });
+        let sent = send(&conn, resp, &[]);
+        if unmounted {
+            (hooks.unmount_answered)();
+        }
+        if sent.is_err() {
             return;
         }
     }

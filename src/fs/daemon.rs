@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 
 use fuser::{Config, MountOption, Session, SessionACL};
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 
 use super::StrataFs;
 use crate::control::{self, ServerHooks};
@@ -81,7 +81,7 @@ pub fn run(
     // Root mounts directly; anyone else through the setuid fusermount3.
     let (session, unmounter) = if sys::effective_uid() == 0 {
         let mut session = Session::new(fs, mountpoint, &config).map_err(mount_err)?;
-        let unmounter = Unmounter::Session(Mutex::new(session.unmount_callable()));
+        let unmounter = Unmounter::Session(Mutex::new(session.unmount_callable()), mp.clone());
         (session, unmounter)
     } else {
         let fd = fusermount_open(mountpoint, &config).map_err(mount_err)?;
@@ -103,19 +103,42 @@ pub fn run(
             });
             unmounter.unmount().map_err(|e| {
                 format!(
-                    "cannot unmount {}: {e} (is a file on it open, or a loop device attached?)",
+                    "cannot unmount {}: {e} (is a file on it open, a loop device attached, or a \
+                     `strata restore attach` not yet detached?)",
                     mp.display()
                 )
             })?;
             Ok(flushed)
         }
     };
+    // Set once a command's unmount has been answered; the daemon waits
+    // for it (briefly) after its mount is gone.
+    let answered = Arc::new((Mutex::new(false), Condvar::new()));
+    let requested = Arc::new(std::sync::atomic::AtomicBool::new(false));
     control::serve(
         repo.clone(),
         ServerHooks {
-            unmount: Box::new(unmount.clone()),
+            unmount: Box::new({
+                let (unmount, requested) = (unmount.clone(), requested.clone());
+                move || {
+                    // Set before the mount goes, so the main thread sees it.
+                    requested.store(true, std::sync::atomic::Ordering::SeqCst);
+                    let r = unmount();
+                    if r.is_err() {
+                        requested.store(false, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    r
+                }
+            }),
             settle: Box::new(settle),
             read_only: opts.read_only,
+            unmount_answered: Box::new({
+                let answered = answered.clone();
+                move || {
+                    *answered.0.lock() = true;
+                    answered.1.notify_all();
+                }
+            }),
         },
     )
     .map_err(DaemonError::Control)?;
@@ -128,6 +151,12 @@ pub fn run(
     ready(repo.notices());
 
     let served = session.run();
+    if requested.load(std::sync::atomic::Ordering::SeqCst) {
+        let (done, cv) = &*answered;
+        let mut done = done.lock();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !*done && !cv.wait_until(&mut done, deadline).timed_out() {}
+    }
     control::remove_socket(repo.path());
     repo.flush_all()?;
     log::info!("unmounted {}", mp.display());
@@ -136,8 +165,10 @@ pub fn run(
 
 /// How this daemon's mount is taken down.
 enum Unmounter {
-    /// Mounted directly (root): fuser unmounts it.
-    Session(Mutex<fuser::SessionUnmounter>),
+    /// Mounted directly (root). Unmounted here first: fuser's unmounter
+    /// forgets its mount after one failed try, so a busy mount (a loop
+    /// device attached) could never be unmounted by a later request.
+    Session(Mutex<fuser::SessionUnmounter>, PathBuf),
     /// Mounted by fusermount3: only fusermount3 may unmount it.
     Fusermount(PathBuf),
 }
@@ -145,7 +176,13 @@ enum Unmounter {
 impl Unmounter {
     fn unmount(&self) -> io::Result<()> {
         match self {
-            Unmounter::Session(u) => u.lock().unmount(),
+            Unmounter::Session(u, mp) => {
+                sys::umount(mp)?;
+                // Unmounted: fuser has only to let go of its record (its
+                // own try, racing the kernel's teardown, may say EINVAL).
+                let _ = u.lock().unmount();
+                Ok(())
+            }
             Unmounter::Fusermount(mp) => fusermount(&["-u"], mp),
         }
     }
@@ -416,6 +453,29 @@ pub fn strata_mounts() -> Vec<(PathBuf, PathBuf)> {
         .iter()
         .filter_map(|e| Some((PathBuf::from(&e.mountpoint), strata_mount(e)?)))
         .collect()
+}
+
+/// Where the repository at `repo` is mounted (the same directory, however
+/// named), oldest first.
+pub fn mount_points_of(repo: &Path) -> Vec<PathBuf> {
+    let want = std::fs::canonicalize(repo).ok();
+    strata_mounts()
+        .into_iter()
+        .filter(|(_, r)| want.is_some() && std::fs::canonicalize(r).ok() == want)
+        .map(|(mp, _)| mp)
+        .collect()
+}
+
+/// Every mount at `dir` or below it, deepest (newest) first: the order to
+/// unmount them in.
+pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = mount_entries()
+        .into_iter()
+        .map(|e| PathBuf::from(e.mountpoint))
+        .filter(|mp| mp.starts_with(dir))
+        .collect();
+    out.reverse();
+    out
 }
 
 /// mountinfo escapes space, tab, newline and backslash as octal.
