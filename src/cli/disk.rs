@@ -27,8 +27,16 @@ strata disk create vm1-test --from vm1@before-upgrade   # shares the snapshot's 
     Create(CreateArgs),
     /// Create a disk from a raw image: a file, a block device or standard
     /// input; zero blocks are not stored
+    #[command(after_help = "Examples:\n  \
+strata disk import vm2 disk.img\n  \
+strata disk import vm3 /dev/sdb\n  \
+xz -dc vm.img.xz | strata disk import vm4 - --size 20G   # a pipe needs its exact size\n  \
+strata disk import vm5 azure.vhd                          # a fixed VHD: its footer is left out")]
     Import(ImportArgs),
     /// List disks: size, block size, snapshots, space used
+    #[command(
+        after_help = "Examples:\n  strata disk list\n  strata disk list --json | jq '.[].name'"
+    )]
     List(ListArgs),
     /// Delete a disk's live disk; its snapshots stay until deleted too
     ///

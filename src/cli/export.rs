@@ -19,7 +19,12 @@ use super::{absolute, inside_repository, parse_image_ref, CmdResult, Failure};
 #[command(
     after_help = "A regular file is written under a temporary name beside FILE and \
 renamed only once it is complete and synced, so FILE is never a partial image. \
-FILE may not be inside the repository."
+FILE may not be inside the repository.\n\n\
+Examples:\n  \
+strata export vm1@draft1 vm1.img\n  \
+strata export vm1 vm1-now.img --force          # the live disk, replacing vm1-now.img\n  \
+strata export vm1@draft1 - | zstd > d1.zst     # every byte, down a pipe\n  \
+strata export vm1@draft1 vm1.vhd --format vhd  # a fixed VHD"
 )]
 pub struct ExportArgs {
     /// DISK@SNAPSHOT, or DISK for the live disk

@@ -50,6 +50,9 @@ pub struct Cli {
     /// Repository directory (default: $STRATA_REPO, $XDG_DATA_HOME/strata or ~/.local/share/strata)
     #[arg(long, global = true, value_name = "DIR")]
     repo: Option<PathBuf>,
+    /// Draw no progress bars (they are drawn only on a terminal anyway)
+    #[arg(short, long, global = true)]
+    quiet: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -57,12 +60,37 @@ pub struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Create a repository
+    #[command(after_help = "Examples:\n  strata init\n  strata --repo /var/lib/strata init")]
     Init,
     /// Create, import, list, delete, roll back, resize and rename disks
+    ///
+    /// A disk is a virtual block device of fixed size: in the mount,
+    /// DISK/live.img, a raw image any tool can write (mkfs, a VM, dd). It
+    /// takes space only for the blocks written. Its block size (4K to 1M,
+    /// default 64K) is the unit snapshots share and copy.
     #[command(subcommand)]
+    #[command(after_help = "Examples:\n  \
+strata disk create vm1 --size 64G && mkfs.ext4 -q ~/disks/vm1/live.img\n  \
+strata disk import vm2 disk.img\n  \
+strata disk create vm1-test --from vm1@before-upgrade\n  \
+strata disk rollback vm1@before-upgrade\n\n\
+`strata disk COMMAND --help` says more about each.")]
     Disk(disk::DiskCommand),
     /// Take, list, delete, fill in, identify and rename snapshots
+    ///
+    /// A snapshot freezes a disk's contents at one instant, with no copy:
+    /// it stores only the blocks that changed since the snapshot before,
+    /// yet reads back as the whole disk, in the mount as the read-only
+    /// image DISK/snapshots/NAME.img (mtime: when it was taken; du: what it
+    /// stores). Deleting one never changes what another image reads; a
+    /// full snapshot (--full, or `snapshot full`) needs no other.
     #[command(subcommand)]
+    #[command(after_help = "Examples:\n  \
+strata snapshot create vm1 --name before-upgrade --freeze /mnt/vm1\n  \
+strata snapshot list vm1\n  \
+cmp ~/disks/vm1/snapshots/before-upgrade.img ~/disks/vm1/live.img\n  \
+strata snapshot delete vm1@before-upgrade\n\n\
+`strata snapshot COMMAND --help` says more about each; `strata prune` deletes by policy.")]
     Snapshot(snapshot::SnapshotCommand),
     /// Write a full raw image of a disk or snapshot to a file
     Export(export::ExportArgs),
@@ -221,6 +249,7 @@ pub fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> CmdResult {
+    output::set_quiet(cli.quiet);
     match cli.command {
         Command::Mount(a) => return mount::mount(cli.repo, a),
         Command::Umount(a) => return mount::umount(a),
@@ -319,4 +348,56 @@ pub fn parse_disk_size(s: &str) -> Result<u64, String> {
 pub fn parse_block_size(s: &str) -> Result<u32, String> {
     let n = units::parse_size("block size", s).map_err(|e| e.to_string())?;
     strata::store::catalog::check_block_size(n).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every command a user can run, by its full name, leaves first.
+    fn leaves(cmd: &clap::Command, prefix: &str, out: &mut Vec<(String, clap::Command)>) {
+        let name = format!("{prefix} {}", cmd.get_name()).trim().to_string();
+        let subs: Vec<_> = cmd.get_subcommands().filter(|c| !c.is_hide_set()).collect();
+        if subs.is_empty() {
+            out.push((name.clone(), cmd.clone()));
+        }
+        for s in subs {
+            leaves(s, &name, out);
+        }
+    }
+
+    #[test]
+    fn every_command_has_an_example_and_every_argument_a_description() {
+        let mut cmd = super::Cli::command();
+        cmd.build();
+        let mut all = vec![];
+        leaves(&cmd, "", &mut all);
+        let mut missing = vec![];
+        for (name, c) in &all {
+            if name.split(" ").any(|w| w == "help") {
+                continue;
+            }
+            let after = c
+                .get_after_help()
+                .map(|s| s.to_string())
+                .unwrap_or_default();
+            let after_long = c
+                .get_after_long_help()
+                .map(|s| s.to_string())
+                .unwrap_or_default();
+            if !(after + &after_long).contains("Example") {
+                missing.push(format!("{name}: no example in its --help"));
+            }
+            for a in c.get_arguments() {
+                let id = a.get_id().as_str();
+                if a.is_hide_set() || id == "help" || id == "version" {
+                    continue;
+                }
+                if a.get_help().is_none() && a.get_long_help().is_none() {
+                    missing.push(format!("{name}: argument {id} has no description"));
+                }
+            }
+        }
+        assert!(missing.is_empty(), "{}", missing.join("\n"));
+    }
 }

@@ -24,6 +24,11 @@ const NOTE: &str = "NOTE ";
 const LOG_FILE: &str = "daemon.log";
 
 #[derive(Args)]
+#[command(after_help = "Examples:\n  \
+strata mount ~/disks                              # the default repository\n  \
+strata --repo /var/lib/strata mount /mnt/strata -o allow_other,uid=1000\n  \
+strata mount /mnt/strata -o ro,checked            # read-only, every read checked\n\n\
+mount -t strata REPO DIR and /etc/fstab work too, once mount-helpers/install has run.")]
 pub struct MountArgs {
     /// Directory to mount on
     mountpoint: PathBuf,
@@ -50,6 +55,7 @@ impl MountArgs {
 }
 
 #[derive(Args)]
+#[command(after_help = "Example:\n  strata umount ~/disks    # umount(8) works too")]
 pub struct UmountArgs {
     /// Where the repository is mounted
     mountpoint: PathBuf,

@@ -1,7 +1,9 @@
 //! Printing: tables for people, JSON for programs, progress on stderr.
 
-use std::io::{IsTerminal, Write};
-use std::time::{Duration, Instant};
+use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use serde::Serialize;
 
@@ -46,56 +48,49 @@ pub fn time(unix_ns: u64) -> String {
     )
 }
 
-/// A progress line on stderr, redrawn at most a few times a second, and only
-/// when stderr is a terminal.
+/// Set by `--quiet`: no progress bars.
+static QUIET: AtomicBool = AtomicBool::new(false);
+
+pub fn set_quiet(quiet: bool) {
+    QUIET.store(quiet, Ordering::Relaxed);
+}
+
+/// A progress bar on stderr (bytes, rate, time left), drawn only when
+/// stderr is a terminal and `--quiet` was not given. Work the daemon does
+/// reports through the control socket to the same bar.
 pub struct Progress {
-    what: &'static str,
-    enabled: bool,
-    started: Instant,
-    last: Instant,
-    shown: bool,
+    bar: Option<ProgressBar>,
 }
 
 impl Progress {
     pub fn new(what: &'static str) -> Self {
-        Progress {
-            what,
-            enabled: std::io::stderr().is_terminal(),
-            started: Instant::now(),
-            last: Instant::now(),
-            shown: false,
-        }
+        let shown = std::io::stderr().is_terminal() && !QUIET.load(Ordering::Relaxed);
+        let bar = shown.then(|| {
+            let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{msg} [{bar:30}] {percent:>3}%  {binary_bytes} of {binary_total_bytes}  \
+                     {binary_bytes_per_sec}  {eta} left",
+                )
+                .expect("a valid template")
+                .progress_chars("=> "),
+            );
+            bar.set_message(what);
+            bar
+        });
+        Progress { bar }
     }
 
-    /// Redraws: percent, bytes, rate and time left.
     pub fn update(&mut self, done: u64, total: u64) {
-        if !self.enabled || self.last.elapsed() < Duration::from_millis(200) {
-            return;
+        if let Some(bar) = &self.bar {
+            bar.set_length(total);
+            bar.set_position(done);
         }
-        self.last = Instant::now();
-        self.shown = true;
-        let pct = (done * 100).checked_div(total).unwrap_or(100);
-        let secs = self.started.elapsed().as_secs_f64();
-        let rate = if secs > 0.0 { done as f64 / secs } else { 0.0 };
-        let left = if rate > 0.0 {
-            let s = (total.saturating_sub(done) as f64 / rate).round() as u64;
-            format!("  {}:{:02} left", s / 60, s % 60)
-        } else {
-            String::new()
-        };
-        eprint!(
-            "\r{} {pct:3}%  {} of {}  {}/s{left}   ",
-            self.what,
-            strata::units::format_size(done),
-            strata::units::format_size(total),
-            strata::units::format_size(rate as u64),
-        );
-        let _ = std::io::stderr().flush();
     }
 
     pub fn finish(&mut self) {
-        if self.shown {
-            eprintln!();
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
         }
     }
 }

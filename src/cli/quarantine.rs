@@ -13,8 +13,10 @@ use super::CmdResult;
 #[derive(Subcommand)]
 pub enum QuarantineCommand {
     /// List the files set aside
+    #[command(after_help = "Examples:\n  strata quarantine list\n  strata quarantine list --json")]
     List(ListArgs),
     /// Delete every file set aside, for good
+    #[command(after_help = "Example:\n  strata quarantine list && strata quarantine purge")]
     Purge,
 }
 

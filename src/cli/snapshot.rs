@@ -22,9 +22,13 @@ pub enum SnapshotCommand {
     #[command(after_help = "Examples:\n  \
 strata snapshot create vm1 --name before-upgrade\n  \
 strata snapshot create vm1-root vm1-data --name nightly\n  \
-strata snapshot create vm1 --freeze /mnt/vm1     # the file system inside frozen meanwhile")]
+strata snapshot create vm1 --freeze /mnt/vm1     # the file system inside frozen meanwhile\n  \
+strata snapshot create --all                     # every disk, together")]
     Create(CreateArgs),
     /// List a disk's snapshots, oldest first
+    #[command(
+        after_help = "Examples:\n  strata snapshot list vm1\n  strata snapshot list vm1 --json   # with each snapshot's content identity"
+    )]
     List(ListArgs),
     /// Delete snapshots; every other snapshot and disk reads the same
     ///
@@ -157,7 +161,10 @@ pub fn run(repo: &Path, cmd: SnapshotCommand) -> CmdResult {
                 full: a.full,
                 freeze: names,
             };
-            let infos = match target.call_with(req, files, &mut |_, _| {})? {
+            let mut progress = Progress::new("copying into the full snapshot");
+            let resp = target.call_with(req, files, &mut |d, t| progress.update(d, t));
+            progress.finish();
+            let infos = match resp? {
                 Response::Snapshots(s) => s,
                 r => return Err(unexpected(r)),
             };

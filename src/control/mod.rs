@@ -424,9 +424,12 @@ pub fn execute(
                 } else {
                     Some(freeze::Freezer::new(repo.path(), dirs)?)
                 };
+                let heard = std::cell::RefCell::new(&mut *progress);
+                let progress = |done, total| (heard.borrow_mut())(done, total);
                 let opts = SnapshotOptions {
                     full,
                     critical: freezer.as_ref().map(|f| f as &dyn crate::store::Critical),
+                    progress: Some(&progress),
                 };
                 Response::Snapshots(repo.snapshot_many(&disks, name, &opts)?)
             }

@@ -37,6 +37,8 @@ pub struct SnapshotOptions<'a> {
     /// Make it self-contained: it then needs no other layer.
     pub full: bool,
     pub critical: Option<&'a dyn Critical>,
+    /// Hears how far making a full snapshot got (bytes of each disk).
+    pub progress: Option<&'a dyn Fn(u64, u64)>,
 }
 
 /// One disk's part of a snapshot.
@@ -209,7 +211,12 @@ impl Repository {
                 snap: name.clone(),
             };
             if opts.full {
-                self.make_full(&r, &mut |_, _| {}).map_err(|e| {
+                let mut heard = |done, total| {
+                    if let Some(p) = opts.progress {
+                        p(done, total)
+                    }
+                };
+                self.make_full(&r, &mut heard).map_err(|e| {
                     StoreError::Refused(format!(
                         "snapshot {r} was taken, but could not be made full: {e} \
                          (it stays incremental; try `strata snapshot full {r}`)"
