@@ -1,14 +1,31 @@
-//! Every raw `libc` call in strata, each behind a small safe function.
+//! Every system call strata makes beyond `std`, each behind a small
+//! function: through `rustix`'s safe wrappers where it has them, and raw
+//! `libc` only where it has none (POSIX record locks, SIGPIPE's
+//! disposition, the FIFREEZE/FITHAW ioctls, and `pre_exec`, which is
+//! unsafe by its nature).
 //!
 //! The rest of the crate is `#![deny(unsafe_code)]`; this module is the one
-//! exception. Each function documents the call it wraps and why it is sound.
+//! exception. Each `unsafe` block says why it is sound.
 #![allow(unsafe_code)]
 
 use std::fs::File;
-use std::io;
-use std::os::fd::AsRawFd;
+use std::io::{self, IoSlice, IoSliceMut};
+use std::mem::MaybeUninit;
+use std::num::NonZeroU64;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+
+use rustix::fs::{fadvise, Advice, FallocateFlags, FlockOperation, SeekFrom};
+use rustix::io::{preadv2, Errno, FdFlags, ReadWriteFlags};
+use rustix::mount::{unmount, UnmountFlags};
+use rustix::net::{
+    recvmsg, sendmsg, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags,
+};
+use rustix::process::{
+    getrlimit, kill_process, setrlimit, test_kill_process, Pid, Resource, Rlimit, Signal,
+};
 
 /// Turns `len` bytes at `offset` into a hole: the range reads as zeros and
 /// occupies no space. The file's size does not change.
@@ -16,67 +33,40 @@ pub fn punch_hole(file: &File, offset: u64, len: u64) -> io::Result<()> {
     if len == 0 {
         return Ok(());
     }
-    let off = to_off_t(offset)?;
-    let len = to_off_t(len)?;
-    // SAFETY: fallocate only reads its integer arguments; the descriptor is
-    // owned by `file`, which outlives the call.
-    let rc = unsafe {
-        libc::fallocate(
-            file.as_raw_fd(),
-            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-            off,
-            len,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    to_off_t(offset)?;
+    to_off_t(len)?;
+    let mode = FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE;
+    Ok(rustix::fs::fallocate(file, mode, offset, len)?)
 }
 
 /// The first offset at or after `offset` that holds data, or `None` when only
 /// holes follow (`lseek(SEEK_DATA)`). Does not disturb `pread`/`pwrite`.
 pub fn seek_data(file: &File, offset: u64) -> io::Result<Option<u64>> {
-    match lseek(file, offset, libc::SEEK_DATA) {
+    to_off_t(offset)?;
+    match rustix::fs::seek(file, SeekFrom::Data(offset)) {
         Ok(pos) => Ok(Some(pos)),
-        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => Ok(None),
-        Err(e) => Err(e),
+        Err(Errno::NXIO) => Ok(None),
+        Err(e) => Err(e.into()),
     }
 }
 
 /// The first offset at or after `offset` that is a hole (`lseek(SEEK_HOLE)`);
 /// the end of the file counts as a hole.
 pub fn seek_hole(file: &File, offset: u64) -> io::Result<u64> {
-    lseek(file, offset, libc::SEEK_HOLE)
-}
-
-fn lseek(file: &File, offset: u64, whence: libc::c_int) -> io::Result<u64> {
-    let off = to_off_t(offset)?;
-    // SAFETY: lseek takes integers only. It moves the descriptor's offset,
-    // which strata never relies on: all data I/O is positional.
-    let pos = unsafe { libc::lseek(file.as_raw_fd(), off, whence) };
-    if pos < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(pos as u64)
-    }
+    to_off_t(offset)?;
+    // It moves the descriptor's offset, which strata never relies on: all
+    // data I/O is positional.
+    Ok(rustix::fs::seek(file, SeekFrom::Hole(offset))?)
 }
 
 /// Takes an exclusive `flock` on `file` without waiting. `Ok(false)` means
 /// another open file description holds it. Format version 1 locked
 /// repositories this way; an upgrade checks that no old process holds it.
 pub fn try_flock_exclusive(file: &File) -> io::Result<bool> {
-    // SAFETY: flock takes integers only; the descriptor is owned by `file`.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc == 0 {
-        return Ok(true);
-    }
-    let err = io::Error::last_os_error();
-    if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
-        Ok(false)
-    } else {
-        Err(err)
+    match rustix::fs::flock(file, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(true),
+        Err(Errno::WOULDBLOCK) => Ok(false),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -204,101 +194,72 @@ pub fn lock_holder(path: &Path) -> io::Result<Option<u32>> {
 /// Raises the soft limit on open files to the hard limit and returns it. A
 /// deep chain keeps one descriptor per layer it reads from.
 pub fn raise_open_file_limit() -> io::Result<u64> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `lim` is a valid, writable rlimit for the duration of the call.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if lim.rlim_cur < lim.rlim_max {
-        let raised = libc::rlimit {
-            rlim_cur: lim.rlim_max,
-            rlim_max: lim.rlim_max,
+    let lim = getrlimit(Resource::Nofile);
+    if lim.current < lim.maximum {
+        let raised = Rlimit {
+            current: lim.maximum,
+            maximum: lim.maximum,
         };
-        // SAFETY: `raised` is a valid rlimit read-only for the call.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
-            lim.rlim_cur = lim.rlim_max;
+        if setrlimit(Resource::Nofile, raised).is_ok() {
+            return Ok(lim.maximum.unwrap_or(u64::MAX));
         }
     }
-    Ok(lim.rlim_cur)
+    Ok(lim.current.unwrap_or(u64::MAX))
+}
+
+fn pid_of(pid: u32) -> Option<Pid> {
+    i32::try_from(pid).ok().and_then(Pid::from_raw)
 }
 
 /// Whether a process with this PID exists (signal 0 probes without sending).
 pub fn process_exists(pid: u32) -> bool {
-    let Ok(pid) = libc::pid_t::try_from(pid) else {
+    let Some(pid) = pid_of(pid) else {
         return false;
     };
-    if pid <= 0 {
-        return false;
-    }
-    // SAFETY: kill with signal 0 sends nothing; it only checks the PID.
-    let rc = unsafe { libc::kill(pid, 0) };
-    rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    matches!(test_kill_process(pid), Ok(()) | Err(Errno::PERM))
 }
 
 /// Asks process `pid` to stop (SIGTERM).
 pub fn terminate(pid: u32) -> io::Result<()> {
-    let pid = libc::pid_t::try_from(pid)
-        .ok()
-        .filter(|&p| p > 0)
-        .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
-    // SAFETY: kill takes plain integers; a PID that went away is ESRCH.
-    if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    let pid = pid_of(pid).ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+    Ok(kill_process(pid, Signal::TERM)?)
 }
 
 /// Reads at `offset` only what the page cache already holds, never waiting
 /// for the device (`preadv2(RWF_NOWAIT)`). `Ok(0)` when nothing at `offset`
 /// is cached; a short count when only the start is.
 pub fn pread_cached(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-    let off = to_off_t(offset)?;
-    let iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    // SAFETY: `iov` describes `buf`, which is valid and writable for its
-    // whole length and outlives the call; the kernel writes at most
-    // `iov_len` bytes into it.
-    let n = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, off, libc::RWF_NOWAIT) };
-    if n >= 0 {
-        return Ok(n as usize);
-    }
-    let err = io::Error::last_os_error();
-    match err.raw_os_error() {
+    to_off_t(offset)?;
+    match preadv2(
+        file,
+        &mut [IoSliceMut::new(buf)],
+        offset,
+        ReadWriteFlags::NOWAIT,
+    ) {
+        Ok(n) => Ok(n),
         // Not cached, or a file system that cannot promise not to wait.
-        Some(libc::EAGAIN) | Some(libc::EOPNOTSUPP) => Ok(0),
-        _ => Err(err),
+        Err(Errno::AGAIN) | Err(Errno::OPNOTSUPP) => Ok(0),
+        Err(e) => Err(e.into()),
     }
 }
 
 /// Asks the kernel to start reading a range into the page cache, without
 /// waiting (`posix_fadvise(WILLNEED)`), so several ranges can be in flight.
 pub fn prefetch(file: &File, offset: u64, len: u64) -> io::Result<()> {
-    let off = to_off_t(offset)?;
-    let len = to_off_t(len)?;
-    // SAFETY: posix_fadvise takes integers only.
-    let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), off, len, libc::POSIX_FADV_WILLNEED) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::from_raw_os_error(rc))
-    }
+    to_off_t(offset)?;
+    to_off_t(len)?;
+    Ok(fadvise(
+        file,
+        offset,
+        NonZeroU64::new(len),
+        Advice::WillNeed,
+    )?)
 }
 
 /// Drops a file's clean pages from the page cache
 /// (`posix_fadvise(DONTNEED)`), so its next read is a first read.
 pub fn drop_cached_pages(file: &File) -> io::Result<()> {
-    // SAFETY: posix_fadvise takes integers only.
-    let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::from_raw_os_error(rc))
-    }
+    Ok(fadvise(file, 0, None, Advice::DontNeed)?)
 }
 
 /// Restores the default action of SIGPIPE (Rust starts programs with it
@@ -313,39 +274,17 @@ pub fn default_sigpipe() {
 }
 
 pub fn effective_uid() -> u32 {
-    // SAFETY: geteuid cannot fail and has no arguments.
-    unsafe { libc::geteuid() }
+    rustix::process::geteuid().as_raw()
 }
 
 /// The user id of the process at the other end of a Unix socket
 /// (`SO_PEERCRED`, as the kernel recorded it at connect time).
 pub fn peer_uid(sock: &std::os::unix::net::UnixStream) -> io::Result<u32> {
-    use std::os::fd::AsRawFd;
-    let mut cred = libc::ucred {
-        pid: 0,
-        uid: 0,
-        gid: 0,
-    };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: `cred` and `len` are valid for writes of the sizes given.
-    let rc = unsafe {
-        libc::getsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&mut cred as *mut libc::ucred).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(cred.uid)
+    Ok(rustix::net::sockopt::socket_peercred(sock)?.uid.as_raw())
 }
 
 pub fn effective_gid() -> u32 {
-    // SAFETY: getegid cannot fail and has no arguments.
-    unsafe { libc::getegid() }
+    rustix::process::getegid().as_raw()
 }
 
 /// What `statvfs(2)` says of the file system holding `path`.
@@ -359,47 +298,28 @@ pub struct FsStats {
 }
 
 pub fn statvfs(path: &Path) -> io::Result<FsStats> {
-    let c = cpath(path)?;
-    // SAFETY: an all-zero statvfs is a valid value of that plain C struct.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `c` is a NUL-terminated path and `st` a writable statvfs.
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let frsize = st.f_frsize as u64;
-    let scale = |n: u64| n * frsize / 4096;
+    let st = rustix::fs::statvfs(path)?;
+    let scale = |n: u64| n * st.f_frsize / 4096;
     Ok(FsStats {
         bsize: 4096,
-        blocks: scale(st.f_blocks as u64),
-        bfree: scale(st.f_bfree as u64),
-        bavail: scale(st.f_bavail as u64),
-        files: st.f_files as u64,
-        ffree: st.f_ffree as u64,
+        blocks: scale(st.f_blocks),
+        bfree: scale(st.f_bfree),
+        bavail: scale(st.f_bavail),
+        files: st.f_files,
+        ffree: st.f_ffree,
     })
 }
 
 /// Unmounts `path` (`umount2` without flags: refused while busy; needs
 /// root).
 pub fn umount(path: &Path) -> io::Result<()> {
-    let c = cpath(path)?;
-    // SAFETY: `c` is a NUL-terminated path; umount2 only reads it.
-    if unsafe { libc::umount2(c.as_ptr(), 0) } == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    Ok(unmount(path, UnmountFlags::empty())?)
 }
 
 /// Detaches a mount now, even if its daemon is gone or it is busy
 /// (`umount2(MNT_DETACH)`; needs root).
 pub fn umount_detach(path: &Path) -> io::Result<()> {
-    let c = cpath(path)?;
-    // SAFETY: `c` is a NUL-terminated path; umount2 only reads it.
-    if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    Ok(unmount(path, UnmountFlags::DETACH)?)
 }
 
 /// Makes a spawned child the leader of a new session, so it outlives the
@@ -407,12 +327,10 @@ pub fn umount_detach(path: &Path) -> io::Result<()> {
 pub fn new_session_on_spawn(cmd: &mut std::process::Command) {
     use std::os::unix::process::CommandExt;
     // SAFETY: setsid is async-signal-safe, the only kind of call allowed
-    // between fork and exec.
+    // between fork and exec, and allocates nothing.
     unsafe {
         cmd.pre_exec(|| {
-            if libc::setsid() < 0 {
-                return Err(io::Error::last_os_error());
-            }
+            rustix::process::setsid()?;
             Ok(())
         });
     }
@@ -422,22 +340,15 @@ pub fn new_session_on_spawn(cmd: &mut std::process::Command) {
 /// `log`, as a daemon does once it no longer talks to its starter.
 pub fn redirect_stdio(log: &File) -> io::Result<()> {
     let null = File::open("/dev/null")?;
-    for (from, to) in [
-        (null.as_raw_fd(), 0),
-        (log.as_raw_fd(), 1),
-        (log.as_raw_fd(), 2),
-    ] {
-        // SAFETY: both descriptors are open; dup2 replaces `to` atomically.
-        if unsafe { libc::dup2(from, to) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
+    rustix::stdio::dup2_stdin(&null)?;
+    rustix::stdio::dup2_stdout(log)?;
+    rustix::stdio::dup2_stderr(log)?;
     Ok(())
 }
 
 /// Receives one file descriptor passed with `SCM_RIGHTS` over `sock` (how
 /// the setuid `fusermount3` hands an opened `/dev/fuse` to its caller).
-pub fn recv_fd(sock: &std::os::unix::net::UnixStream) -> io::Result<std::os::fd::OwnedFd> {
+pub fn recv_fd(sock: &std::os::unix::net::UnixStream) -> io::Result<OwnedFd> {
     recv_with_fds(sock, &mut [0u8; 1])?
         .into_iter()
         .next()
@@ -457,50 +368,23 @@ pub const MAX_FDS: usize = 8;
 pub fn recv_with_fds(
     sock: &std::os::unix::net::UnixStream,
     buf: &mut [u8],
-) -> io::Result<Vec<std::os::fd::OwnedFd>> {
+) -> io::Result<Vec<OwnedFd>> {
     use std::io::Read;
-    use std::os::fd::FromRawFd;
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    // u64s keep the control buffer aligned for cmsghdr.
-    let mut control = [0u64; 2 + MAX_FDS];
-    // SAFETY: an all-zero msghdr is a valid empty message header.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = std::mem::size_of_val(&control) as _;
-    // SAFETY: `msg` points at `iov` and `control`, both live and writable
-    // for the call and sized as the header says.
-    let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let got = recvmsg(
+        sock,
+        &mut [IoSliceMut::new(buf)],
+        &mut control,
+        RecvFlags::CMSG_CLOEXEC,
+    )?;
     let mut fds = Vec::new();
-    // SAFETY: CMSG_FIRSTHDR reads the header just filled in by recvmsg and
-    // returns null or a pointer inside `control`.
-    let cmsg = unsafe { libc::CMSG_FIRSTHDR(&msg) };
-    // SAFETY: a non-null `cmsg` points at a complete cmsghdr in `control`.
-    if !cmsg.is_null()
-        && unsafe {
-            (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS
-        }
-    {
-        // SAFETY: as above; CMSG_LEN(0) is the header's own length.
-        let bytes = unsafe { (*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize };
-        for i in 0..bytes / std::mem::size_of::<libc::c_int>() {
-            // SAFETY: the kernel wrote `bytes` bytes of ints after the
-            // header; read_unaligned copes with the buffer's alignment.
-            let raw = unsafe {
-                std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::c_int>().add(i))
-            };
-            // SAFETY: the kernel just installed `raw` in this process for us.
-            fds.push(unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) });
+    for msg in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(received) = msg {
+            fds.extend(received);
         }
     }
-    let n = n as usize;
+    let n = got.bytes;
     if n == 0 && !buf.is_empty() {
         return Err(io::Error::new(
             io::ErrorKind::UnexpectedEof,
@@ -518,7 +402,7 @@ pub fn recv_with_fds(
 pub fn send_with_fds(
     sock: &std::os::unix::net::UnixStream,
     bytes: &[u8],
-    fds: &[std::os::fd::RawFd],
+    fds: &[BorrowedFd<'_>],
 ) -> io::Result<()> {
     if fds.len() > MAX_FDS {
         return Err(io::Error::new(
@@ -529,50 +413,24 @@ pub fn send_with_fds(
     let mut sent = 0;
     let mut attach = !fds.is_empty();
     while sent < bytes.len() || attach {
-        let rest = &bytes[sent..];
-        let mut iov = libc::iovec {
-            iov_base: rest.as_ptr() as *mut libc::c_void,
-            iov_len: rest.len(),
-        };
-        let mut control = [0u64; 2 + MAX_FDS];
-        // SAFETY: an all-zero msghdr is a valid empty message header.
-        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
         if attach {
-            let data = std::mem::size_of_val(fds) as u32;
-            msg.msg_control = control.as_mut_ptr().cast();
-            // SAFETY: CMSG_SPACE only computes a size.
-            msg.msg_controllen = unsafe { libc::CMSG_SPACE(data) } as _;
-            // SAFETY: `msg.msg_control` points at `control`, large enough
-            // for one cmsghdr carrying MAX_FDS ints; the pointers CMSG_*
-            // return lie inside it.
-            unsafe {
-                let cmsg = libc::CMSG_FIRSTHDR(&msg);
-                (*cmsg).cmsg_level = libc::SOL_SOCKET;
-                (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-                (*cmsg).cmsg_len = libc::CMSG_LEN(data) as _;
-                for (i, fd) in fds.iter().enumerate() {
-                    std::ptr::write_unaligned(
-                        libc::CMSG_DATA(cmsg).cast::<libc::c_int>().add(i),
-                        *fd,
-                    );
-                }
-            }
+            control.push(SendAncillaryMessage::ScmRights(fds));
         }
-        // SAFETY: `msg` describes `rest` (read only by the kernel) and
-        // `control`, both live for the call.
-        let n = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
+        let n = match sendmsg(
+            sock,
+            &[IoSlice::new(&bytes[sent..])],
+            &mut control,
+            SendFlags::NOSIGNAL,
+        ) {
+            Ok(n) => n,
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        };
         // The descriptors went with the first bytes sent.
         attach = false;
-        sent += n as usize;
+        sent += n;
     }
     Ok(())
 }
@@ -610,21 +468,15 @@ pub fn thaw_fs(dir: &File) -> io::Result<()> {
 /// `FD_CLOEXEC` in the child only).
 pub fn inherit_fd_on_spawn(cmd: &mut std::process::Command, fd: std::os::fd::RawFd) {
     use std::os::unix::process::CommandExt;
-    // SAFETY: fcntl is async-signal-safe; it only changes the child's copy.
+    // SAFETY: fcntl is async-signal-safe; it only changes the child's copy
+    // of a descriptor the parent keeps open until the child has started.
     unsafe {
         cmd.pre_exec(move || {
-            if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
-                return Err(io::Error::last_os_error());
-            }
+            let fd = BorrowedFd::borrow_raw(fd);
+            rustix::io::fcntl_setfd(fd, FdFlags::empty())?;
             Ok(())
         });
     }
-}
-
-fn cpath(path: &Path) -> io::Result<std::ffi::CString> {
-    use std::os::unix::ffi::OsStrExt;
-    std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
 }
 
 fn to_off_t(v: u64) -> io::Result<libc::off_t> {
@@ -677,7 +529,7 @@ mod tests {
         let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
         let mut f = tempfile::tempfile().unwrap();
         f.write_all(b"passed").unwrap();
-        send_with_fds(&a, b"hdr", &[f.as_raw_fd()]).unwrap();
+        send_with_fds(&a, b"hdr", &[std::os::fd::AsFd::as_fd(&f)]).unwrap();
         let mut buf = [0u8; 3];
         let fd = recv_with_fds(&b, &mut buf)
             .unwrap()

@@ -655,3 +655,36 @@ fn every_listing_has_the_json_fields_the_readme_documents() {
     }
     strata_ok(&repo, &["umount", mp.to_str().unwrap()]);
 }
+
+#[test]
+fn a_daemon_of_another_version_is_named_not_misread() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    strata_ok(&repo, &["init"]);
+    // A daemon of an older strata: it answers anything with its own
+    // envelope, control protocol 4, which carried no version string.
+    let listener =
+        std::os::unix::net::UnixListener::bind(repo.join(strata::control::SOCKET_FILE)).unwrap();
+    let old = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        let mut len = [0u8; 4];
+        conn.read_exact(&mut len).unwrap();
+        let mut req = vec![0u8; u32::from_le_bytes(len) as usize];
+        conn.read_exact(&mut req).unwrap();
+        let body = postcard::to_stdvec(&(4u32, 7u32, "an answer of another shape")).unwrap();
+        conn.write_all(&(body.len() as u32).to_le_bytes()).unwrap();
+        conn.write_all(&body).unwrap();
+    });
+    let out = strata(&repo, &["disk", "list"]);
+    old.join().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let msg = text(&out);
+    assert!(
+        msg.contains("another strata")
+            && msg.contains("control protocol 4")
+            && msg.contains(env!("CARGO_PKG_VERSION"))
+            && msg.contains("restart the mount"),
+        "{msg}"
+    );
+}

@@ -40,18 +40,21 @@ pub struct VerifyArgs {
     repair_from: Option<std::path::PathBuf>,
 }
 
+/// An age like `30d`, `12h` or `1w 2d`: jiff's friendly duration format,
+/// a day taken as 24 hours.
 fn parse_age(s: &str) -> Result<Duration, String> {
-    let bad = || format!("invalid age {s:?}: give a number and d, h, m or s, like 30d");
-    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num.parse().map_err(|_| bad())?;
-    let secs = match unit {
-        "d" => 86_400,
-        "h" => 3_600,
-        "m" => 60,
-        "s" | "" => 1,
-        _ => return Err(bad()),
-    };
-    n.checked_mul(secs).map(Duration::from_secs).ok_or_else(bad)
+    let bad = || format!("invalid age {s:?}: give a number and a unit, like 30d, 12h or 90m");
+    let span: jiff::Span = s.trim().parse().map_err(|_| bad())?;
+    let secs = span
+        .total((
+            jiff::Unit::Second,
+            jiff::SpanRelativeTo::days_are_24_hours(),
+        ))
+        .map_err(|_| bad())?;
+    if !(0.0..=u64::MAX as f64).contains(&secs) {
+        return Err(bad());
+    }
+    Ok(Duration::from_secs_f64(secs))
 }
 
 pub fn run(repo: &Path, a: VerifyArgs) -> CmdResult {

@@ -25,7 +25,7 @@ mod server;
 
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 
@@ -554,7 +554,7 @@ pub(crate) fn send<T: Serialize>(stream: &UnixStream, body: T, files: &[File]) -
         u32::try_from(bytes.len()).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
     let mut msg = len.to_le_bytes().to_vec();
     msg.extend_from_slice(&bytes);
-    let fds: Vec<_> = files.iter().map(|f| f.as_raw_fd()).collect();
+    let fds: Vec<_> = files.iter().map(|f| f.as_fd()).collect();
     crate::sys::send_with_fds(stream, &msg, &fds)
 }
 

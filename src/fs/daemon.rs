@@ -385,20 +385,19 @@ struct MountEntry {
     source: String,
 }
 
-/// Every mount, oldest first, from /proc/self/mountinfo.
+/// Every mount, oldest first, from /proc/self/mountinfo (parsed by
+/// `procfs`, which leaves the kernel's octal escapes in place).
 fn mount_entries() -> Vec<MountEntry> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    info.lines()
-        .filter_map(|line| {
-            let (left, right) = line.split_once(" - ")?;
-            let f: Vec<&str> = left.split(' ').collect();
-            let r: Vec<&str> = right.split(' ').collect();
-            Some(MountEntry {
-                mountpoint: unescape(f.get(4)?),
-                device: f.get(2)?.to_string(),
-                fstype: r.first()?.to_string(),
-                source: unescape(r.get(1)?),
-            })
+    let Ok(infos) = procfs::process::Process::myself().and_then(|p| p.mountinfo()) else {
+        return vec![];
+    };
+    infos
+        .into_iter()
+        .map(|m| MountEntry {
+            mountpoint: unescape(&m.mount_point.to_string_lossy()),
+            device: m.majmin,
+            fstype: m.fs_type,
+            source: unescape(m.mount_source.as_deref().unwrap_or("")),
         })
         .collect()
 }
@@ -478,25 +477,26 @@ pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// mountinfo escapes space, tab, newline and backslash as octal.
+/// mountinfo escapes space, tab, newline and backslash as octal; other
+/// bytes (UTF-8 names) pass as they are.
 fn unescape(s: &str) -> String {
-    let mut out = String::new();
     let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'\\'
             && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+            && (b'0'..=b'3').contains(&b[i + 1])
+            && b[i + 2..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
         {
-            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
-            out.push(v as char);
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
             i += 4;
         } else {
-            out.push(b[i] as char);
+            out.push(b[i]);
             i += 1;
         }
     }
-    out
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
@@ -523,5 +523,7 @@ mod tests {
         assert_eq!(unescape(r"/mnt/my\040disks"), "/mnt/my disks");
         assert_eq!(unescape(r"/a\134b\011c"), "/a\\b\tc");
         assert_eq!(unescape("/plain"), "/plain");
+        assert_eq!(unescape("/café\\040x"), "/café x");
+        assert_eq!(unescape(r"/odd\777"), r"/odd\777");
     }
 }
