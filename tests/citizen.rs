@@ -288,6 +288,32 @@ fn install_and_uninstall_are_idempotent() {
     )));
     let unit = fs::read_to_string(dest.join("etc/systemd/system/strata@.service")).unwrap();
     assert!(unit.contains("Type=notify"));
+    // systemd reads the units without a complaint, as instances for
+    // /mnt/strata.
+    let units = dest.join("etc/systemd/system");
+    let mut instances = vec![];
+    for (template, instance) in [
+        ("strata@.service", "strata@mnt-strata.service"),
+        (
+            "strata-snapshot@.service",
+            "strata-snapshot@mnt-strata.service",
+        ),
+        ("strata-snapshot@.timer", "strata-snapshot@mnt-strata.timer"),
+    ] {
+        fs::copy(units.join(template), units.join(instance)).unwrap();
+        instances.push(units.join(instance));
+    }
+    let out = run(Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .args(&instances));
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "systemd-analyze verify: {}",
+        text(&out)
+    );
+    for i in &instances {
+        fs::remove_file(i).unwrap();
+    }
     for _ in 0..2 {
         let out = run(Command::new(UNINSTALL).env("DESTDIR", dest));
         assert!(out.status.success(), "uninstall: {}", text(&out));
@@ -687,4 +713,50 @@ fn a_daemon_of_another_version_is_named_not_misread() {
             && msg.contains("restart the mount"),
         "{msg}"
     );
+}
+
+#[test]
+fn the_foreground_daemon_tells_systemd_it_is_ready() {
+    if !fuse_available() {
+        return;
+    }
+    // What strata@.service runs (Type=notify): the daemon in the
+    // foreground, which sends READY=1 to $NOTIFY_SOCKET once the mount
+    // answers.
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let mp = dir.path().join("mnt");
+    fs::create_dir(&mp).unwrap();
+    let _guard = MountGuard {
+        mp: mp.clone(),
+        repo: repo.clone(),
+    };
+    let sock_path = dir.path().join("notify");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let mut daemon = Command::new(STRATA)
+        .arg("--repo")
+        .arg(&repo)
+        .args(["mount", "--foreground", "-o", "defaults"])
+        .arg(&mp)
+        .env("NOTIFY_SOCKET", &sock_path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let n = sock
+        .recv(&mut buf)
+        .expect("no notification from the daemon");
+    let said = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(said.lines().any(|l| l == "READY=1"), "{said:?}");
+    // Ready means ready: the mount answers now.
+    assert!(is_mounted(&mp));
+    strata_ok(&repo, &["disk", "create", "vm", "--size", "1M"]);
+    assert!(mp.join("vm/live.img").exists());
+    // systemctl stop: ExecStop runs strata umount; the daemon exits 0.
+    strata_ok(&repo, &["umount", mp.to_str().unwrap()]);
+    let status = daemon.wait().unwrap();
+    assert!(status.success(), "the daemon exited with {status}");
 }
