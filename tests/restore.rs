@@ -305,3 +305,58 @@ fn attach_refuses_what_it_cannot_do() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("not empty"));
     assert_eq!(fs::read_to_string(dir.join("mine")).unwrap(), "keep");
 }
+
+#[test]
+fn xfs_and_btrfs_partitions_mount_read_only() {
+    if !fuse_available() {
+        return;
+    }
+    let m = Mounted::new(&[], &[]);
+    let work = m.path("work");
+    fs::create_dir(&work).unwrap();
+    // XFS (its smallest is 300 MiB), a file written through a loop mount.
+    let xfs = work.join("x.fs");
+    sh(&format!(
+        "truncate -s 320M '{0}' && mkfs.xfs -q '{0}'",
+        xfs.display()
+    ));
+    {
+        let mut dev = common::Loop::attach(&xfs, false);
+        let at = work.join("x.mnt");
+        dev.mount(&at, "rw");
+        fs::write(at.join("xfs.txt"), "from xfs\n").unwrap();
+        dev.umount(&at);
+    }
+    // btrfs, filled from a directory.
+    let src = work.join("b.src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("btrfs.txt"), "from btrfs\n").unwrap();
+    let btrfs = work.join("b.fs");
+    sh(&format!(
+        "truncate -s 128M '{0}' && mkfs.btrfs -q --rootdir '{1}' '{0}' >/dev/null",
+        btrfs.display(),
+        src.display()
+    ));
+    let img = partitioned(
+        &work,
+        "gpt.img",
+        480,
+        "label: gpt\\n,320M\\n,128M\\n",
+        &[(2048, &xfs), (2048 + 320 * 2048, &btrfs)],
+    );
+    let dir = m.path("restore");
+    let _c = Cleanup(dir.clone());
+    let out = attach(&m, "vm", &img, &dir);
+    assert!(out.contains("xfs") && out.contains("btrfs"), "{out}");
+    assert_eq!(
+        fs::read_to_string(dir.join("p1/xfs.txt")).unwrap(),
+        "from xfs\n"
+    );
+    assert_eq!(
+        fs::read_to_string(dir.join("p2/btrfs.txt")).unwrap(),
+        "from btrfs\n"
+    );
+    assert_read_only(&dir.join("p1/xfs.txt"));
+    assert_read_only(&dir.join("p2/btrfs.txt"));
+    detach(&m, &dir, &m.snap("vm", "s"));
+}

@@ -271,7 +271,6 @@ fn attach(repo: &Path, a: AttachArgs) -> CmdResult {
     };
     // The state first, so detach knows this directory even if attach dies.
     save(&dir, &state)?;
-    let mut failed = None;
     for p in &mut parts {
         if p.name != "disk" {
             p.fstype = probe(&image, p.offset, p.size)
@@ -313,20 +312,16 @@ fn attach(repo: &Path, a: AttachArgs) -> CmdResult {
         match mounted {
             Ok(_) => p.mounted_at = Some(at.display().to_string()),
             Err(e) => {
-                failed = Some(format!("{}: {e}", p.name));
-                break;
+                // Said, and the others still mounted: one file system the
+                // kernel cannot mount (no vfat module, say) does not keep
+                // the files of the rest out of reach.
+                let first = e.lines().next().unwrap_or_default().to_string();
+                p.note = Some(format!("not mounted: {first}"));
+                let _ = fs::remove_dir(&at);
             }
         }
         *state.parts.last_mut().expect("pushed above") = p.clone();
         save(&dir, &state)?;
-    }
-    if let Some(e) = failed {
-        // Undo what was done: the directory is as before attach.
-        let undone = detach_quietly(&dir);
-        return Err(refused(match undone {
-            Ok(()) => format!("cannot mount {e}; nothing is left attached"),
-            Err(d) => format!("cannot mount {e}; and undoing it failed: {d}"),
-        }));
     }
     state.parts = parts;
     save(&dir, &state)?;
