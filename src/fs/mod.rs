@@ -33,8 +33,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
     KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory,
-    ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow,
-    WriteFlags,
+    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite,
+    Request, TimeOrNow, WriteFlags,
 };
 use parking_lot::{Mutex, RwLock};
 
@@ -128,7 +128,13 @@ pub struct StrataFs {
     tidy: keeper::TidyHandle,
     /// Bytes of each changes image seen, by (from, to) layers.
     changed: Mutex<HashMap<(Option<LayerId>, LayerId), u64>>,
+    /// Each open directory's listing, made once at opendir: the kernel
+    /// reads a directory in many small replies, and 10,000 snapshots
+    /// listed again for each would cost the square of the count.
+    listings: Mutex<HashMap<u64, Arc<Listing>>>,
 }
+
+type Listing = Vec<(Node, FileType, String)>;
 
 fn errno(e: &StoreError) -> Errno {
     Errno::from_i32(e.errno())
@@ -156,6 +162,7 @@ impl StrataFs {
             backings: Mutex::new(HashMap::new()),
             tidy: keeper::TidyHandle::default(),
             changed: Mutex::new(HashMap::new()),
+            listings: Mutex::new(HashMap::new()),
         }
     }
 
@@ -369,7 +376,15 @@ impl StrataFs {
     }
 
     /// The entries of a directory, `.` and `..` first.
-    fn entries(&self, node: &Node) -> Result<Vec<(Node, FileType, String)>, Errno> {
+    /// The listing of the directory open as `fh`, or a new one.
+    fn listing(&self, ino: INodeNo, fh: FileHandle) -> Result<Arc<Listing>, Errno> {
+        if let Some(l) = self.listings.lock().get(&fh.0) {
+            return Ok(l.clone());
+        }
+        self.node(ino).and_then(|n| self.entries(&n)).map(Arc::new)
+    }
+
+    fn entries(&self, node: &Node) -> Result<Listing, Errno> {
         let dot = |n: &Node| (n.clone(), FileType::Directory, ".".to_string());
         let dotdot = |n: Node| (n, FileType::Directory, "..".to_string());
         Ok(match node {
@@ -594,6 +609,10 @@ pub fn kernel_settings(config: &mut KernelConfig) {
 impl Filesystem for StrataFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         kernel_settings(config);
+        // Listings with attributes; the kernel picks plain readdir when
+        // attributes would not be used (READDIRPLUS_AUTO).
+        let _ = config
+            .add_capabilities(InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO);
         // Passthrough lets the kernel read a flat snapshot's layer file
         // itself, at the host file system's own speed. Opening a backing
         // file needs CAP_SYS_ADMIN, so only root asks for it.
@@ -905,28 +924,82 @@ impl Filesystem for StrataFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.node(ino) {
-            Ok(n) if n.is_dir() => reply.opened(FileHandle(0), FopenFlags::empty()),
-            Ok(_) => reply.error(Errno::ENOTDIR),
+        let listing = match self.node(ino) {
+            Ok(n) if n.is_dir() => self.entries(&n),
+            Ok(_) => Err(Errno::ENOTDIR),
+            Err(e) => Err(e),
+        };
+        match listing {
+            Ok(l) => {
+                let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+                self.listings.lock().insert(fh, Arc::new(l));
+                reply.opened(FileHandle(fh), FopenFlags::empty())
+            }
             Err(e) => reply.error(e),
         }
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.listings.lock().remove(&fh.0);
+        reply.ok();
     }
 
     fn readdir(
         &self,
         _req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let entries = match self.node(ino).and_then(|n| self.entries(&n)) {
+        let entries = match self.listing(ino, fh) {
             Ok(e) => e,
             Err(e) => return reply.error(e),
         };
-        for (i, (node, kind, name)) in entries.into_iter().enumerate().skip(offset as usize) {
-            let child = self.inodes.ino(&node);
-            if reply.add(INodeNo(child), i as u64 + 1, kind, name) {
+        for (i, (node, kind, name)) in entries.iter().enumerate().skip(offset as usize) {
+            let child = self.inodes.ino(node);
+            if reply.add(INodeNo(child), i as u64 + 1, *kind, name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    // Entries with their attributes, so `ls -l` of 10,000 snapshots costs a
+    // few replies rather than 10,000 lookups.
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let entries = match self.listing(ino, fh) {
+            Ok(e) => e,
+            Err(e) => return reply.error(e),
+        };
+        for (i, (node, _, name)) in entries.iter().enumerate().skip(offset as usize) {
+            let child = self.inodes.ino(node);
+            // Gone since the listing was made: left out.
+            let Ok((attr, ttl)) = self.attr(child, node, None) else {
+                continue;
+            };
+            if reply.add(
+                INodeNo(child),
+                i as u64 + 1,
+                name,
+                &ttl,
+                &attr,
+                Generation(0),
+            ) {
                 break;
             }
         }
