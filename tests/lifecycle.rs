@@ -427,7 +427,10 @@ fn freeze_holds_the_file_system_still_for_the_snapshot_only() {
         .unwrap();
     assert!(guard.status.success());
     let said = String::from_utf8_lossy(&guard.stderr);
-    assert!(said.contains("thawed"), "the guard did not say it thawed: {said}");
+    assert!(
+        said.contains("thawed"),
+        "the guard did not say it thawed: {said}"
+    );
     sh(&format!(
         "timeout 10 sh -c 'echo thawed > {fs}/after.txt && sync -f {fs}/after.txt'"
     ));

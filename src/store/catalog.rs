@@ -20,6 +20,7 @@ use super::error::{Result, StoreError};
 use super::format::{self, AppendError, CatalogHeader, LayerFileKind, MAGIC_CATALOG};
 use super::names::{DiskName, LayerId, SnapName, SnapshotRef};
 use super::storage::{Storage, StorageFile};
+use super::tracked::{Tracked, Tracked2};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Catalog {
@@ -31,16 +32,31 @@ pub struct Catalog {
     pub next_seq: u64,
     /// The next intent number.
     pub next_intent: u64,
-    pub disks: BTreeMap<DiskName, DiskRecord>,
+    pub disks: Tracked<DiskName, DiskRecord>,
     /// Snapshots by disk name. A disk's snapshots outlive the disk.
-    pub snapshots: BTreeMap<DiskName, BTreeMap<SnapName, SnapshotRecord>>,
-    pub layers: BTreeMap<LayerId, LayerRecord>,
+    pub snapshots: Tracked2<DiskName, SnapName, SnapshotRecord>,
+    pub layers: Tracked<LayerId, LayerRecord>,
     /// Operations under way: the files each may have made, or is removing.
-    pub intents: BTreeMap<u64, Intent>,
+    pub intents: Tracked<u64, Intent>,
     /// What each snapshot (by layer) stored, day by day: an entry for each
     /// day a snapshot was taken, changed size, was renamed or went away.
     /// Days without an entry carry the day before forward.
-    pub usage: BTreeMap<(LayerId, u32), UsageEntry>,
+    pub usage: Tracked<(LayerId, u32), UsageEntry>,
+}
+
+/// A snapshot's name: its disk's and its own.
+pub type NameOf = (DiskName, SnapName);
+
+/// Which snapshot names each layer (the store keeps it beside the catalog).
+pub type LayerNames = std::collections::HashMap<LayerId, NameOf>;
+
+/// A catalog's counters, as they were before a commit began.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Counters {
+    pub generation: u64,
+    pub next_layer: u64,
+    pub next_seq: u64,
+    pub next_intent: u64,
 }
 
 /// One snapshot's stored size on one day (days since 1970-01-01, UTC).
@@ -141,7 +157,7 @@ pub enum Change {
 /// A record of the catalog file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CatalogRecord {
-    Checkpoint(Catalog),
+    Checkpoint(Box<Catalog>),
     Changes(Vec<Change>),
 }
 
@@ -185,6 +201,7 @@ pub fn check_disk_size(size: u64) -> Result<u64> {
 
 /// The puts and deletes that turn map `a` into map `b`: one walk of both
 /// in key order, cloning only what changed.
+#[cfg(test)]
 fn diff_map<K: Ord + Clone, V: PartialEq + Clone>(
     a: &BTreeMap<K, V>,
     b: &BTreeMap<K, V>,
@@ -221,7 +238,9 @@ fn diff_map<K: Ord + Clone, V: PartialEq + Clone>(
 }
 
 impl Catalog {
-    /// What a commit from `self` to `next` writes.
+    /// What a commit from `self` to `next` writes, found by comparing the
+    /// two whole catalogs: the oracle [`Catalog::changes`] is tested by.
+    #[cfg(test)]
     pub fn changes_to(&self, next: &Catalog) -> Vec<Change> {
         let mut out = vec![Change::Counters {
             generation: next.generation,
@@ -278,6 +297,8 @@ impl Catalog {
         out
     }
 
+    /// Applies a commit's changes (replaying the catalog file); the result
+    /// is settled.
     pub fn apply(&mut self, changes: Vec<Change>) {
         for c in changes {
             match c {
@@ -299,15 +320,10 @@ impl Catalog {
                     self.disks.remove(&n);
                 }
                 Change::PutSnapshot(d, s, r) => {
-                    self.snapshots.entry(d).or_default().insert(s, r);
+                    self.snapshots.insert2(d, s, r);
                 }
                 Change::DelSnapshot(d, s) => {
-                    if let Some(m) = self.snapshots.get_mut(&d) {
-                        m.remove(&s);
-                        if m.is_empty() {
-                            self.snapshots.remove(&d);
-                        }
-                    }
+                    self.snapshots.remove2(&d, &s);
                 }
                 Change::PutLayer(id, r) => {
                     self.layers.insert(id, r);
@@ -329,6 +345,114 @@ impl Catalog {
                 }
             }
         }
+        self.settle();
+    }
+
+    /// The counters as they are, to put back with [`Catalog::rollback`].
+    pub fn counters(&self) -> Counters {
+        Counters {
+            generation: self.generation,
+            next_layer: self.next_layer,
+            next_seq: self.next_seq,
+            next_intent: self.next_intent,
+        }
+    }
+
+    /// What the commit under way writes: the counters, and every entry
+    /// changed since the catalog was last settled. Its cost is the
+    /// change's, whatever the catalog's size.
+    pub fn changes(&self) -> Vec<Change> {
+        let mut out = vec![Change::Counters {
+            generation: self.generation,
+            next_layer: self.next_layer,
+            next_seq: self.next_seq,
+            next_intent: self.next_intent,
+        }];
+        for (k, _, now) in self.disks.touched() {
+            out.push(match now {
+                Some(r) => Change::PutDisk(k.clone(), r.clone()),
+                None => Change::DelDisk(k.clone()),
+            });
+        }
+        for ((d, s), _, now) in self.snapshots.touched() {
+            out.push(match now {
+                Some(r) => Change::PutSnapshot(d.clone(), s.clone(), r.clone()),
+                None => Change::DelSnapshot(d.clone(), s.clone()),
+            });
+        }
+        for (k, _, now) in self.layers.touched() {
+            out.push(match now {
+                Some(r) => Change::PutLayer(*k, r.clone()),
+                None => Change::DelLayer(*k),
+            });
+        }
+        for (k, _, now) in self.intents.touched() {
+            out.push(match now {
+                Some(r) => Change::PutIntent(*k, r.clone()),
+                None => Change::DelIntent(*k),
+            });
+        }
+        for (k, _, now) in self.usage.touched() {
+            out.push(match now {
+                Some(r) => Change::PutUsage(*k, r.clone()),
+                None => Change::DelUsage(*k),
+            });
+        }
+        out
+    }
+
+    /// Undoes the commit under way: every entry and counter as it was.
+    pub fn rollback(&mut self, counters: Counters) {
+        self.generation = counters.generation;
+        self.next_layer = counters.next_layer;
+        self.next_seq = counters.next_seq;
+        self.next_intent = counters.next_intent;
+        self.disks.rollback();
+        self.snapshots.rollback();
+        self.layers.rollback();
+        self.intents.rollback();
+        self.usage.rollback();
+    }
+
+    /// Accepts the commit under way (it is durable).
+    pub fn settle(&mut self) {
+        self.disks.settle();
+        self.snapshots.settle();
+        self.layers.settle();
+        self.intents.settle();
+        self.usage.settle();
+    }
+
+    /// Whether no change is under way.
+    pub fn is_settled(&self) -> bool {
+        self.disks.is_settled()
+            && self.snapshots.is_settled()
+            && self.layers.is_settled()
+            && self.intents.is_settled()
+            && self.usage.is_settled()
+    }
+
+    /// How the commit under way changes which snapshot names each layer,
+    /// given the index `by_layer` from before it: each layer whose name
+    /// changes, and its name after (`None`: no snapshot names it).
+    pub fn renamed_layers(&self, by_layer: &LayerNames) -> BTreeMap<LayerId, Option<NameOf>> {
+        let mut out = BTreeMap::new();
+        for ((d, s), before, _) in self.snapshots.touched() {
+            if let Some(b) = before {
+                if by_layer
+                    .get(&b.layer)
+                    .is_some_and(|(bd, bs)| bd == d && bs == s)
+                {
+                    out.entry(b.layer).or_insert(None);
+                }
+            }
+        }
+        for ((d, s), _, now) in self.snapshots.touched() {
+            if let Some(n) = now {
+                out.insert(n.layer, Some((d.clone(), s.clone())));
+            }
+        }
+        out
     }
 
     /// Checks every cross-reference; on success the catalog is trusted.
@@ -475,59 +599,88 @@ impl Catalog {
         out
     }
 
-    /// Records today's usage entries for every snapshot whose stored size or
-    /// name changed, or that went away, since `before`.
-    pub fn note_usage(&mut self, before: &Catalog, day: u32) {
-        let stored = |cat: &Catalog, layer: LayerId| {
-            cat.layers
-                .get(&layer)
-                .and_then(|l| l.frozen)
-                .map_or(0, |f| f.stored_bytes)
-        };
-        // Collected first (names cloned only for what is recorded), then
-        // recorded: every commit calls this, whatever the catalog's size.
+    /// Records today's usage entries for every snapshot whose stored size
+    /// or name the commit under way changes, or that it deletes: only the
+    /// layers it touches are looked at. `by_layer` is the index from before
+    /// the commit, `renamed` what [`Catalog::renamed_layers`] says of it.
+    pub fn note_usage(
+        &mut self,
+        day: u32,
+        by_layer: &LayerNames,
+        renamed: &BTreeMap<LayerId, Option<NameOf>>,
+    ) {
+        let mut layers: std::collections::BTreeSet<LayerId> = renamed.keys().copied().collect();
+        layers.extend(self.layers.touched().map(|(id, _, _)| *id));
         let mut record: Vec<((LayerId, u32), UsageEntry)> = Vec::new();
-        let alive: std::collections::BTreeSet<LayerId> = self
-            .snapshots
-            .values()
-            .flat_map(|m| m.values().map(|r| r.layer))
-            .collect();
-        for (d, m) in &before.snapshots {
-            for (s, r) in m {
-                if !alive.contains(&r.layer) {
-                    let key = (r.layer, day);
-                    let bytes = stored(before, r.layer);
-                    let entry = UsageEntry {
-                        disk: d.clone(),
-                        snap: s.clone(),
-                        bytes,
-                        alive: false,
-                    };
-                    record.push((key, entry));
-                }
-            }
-        }
-        for (disk, m) in &self.snapshots {
-            for (snap, r) in m {
-                let (layer, bytes) = (r.layer, stored(self, r.layer));
-                let key = (layer, day);
-                let last = self.usage.range((layer, 0)..=key).next_back();
-                let unchanged = last.is_some_and(|(_, e)| {
-                    e.alive && e.bytes == bytes && e.disk == *disk && e.snap == *snap
-                });
-                if unchanged {
-                    continue;
-                }
+        for layer in layers {
+            let now = match renamed.get(&layer) {
+                Some(n) => n.as_ref(),
+                None => by_layer.get(&layer),
+            };
+            if let Some((disk, snap)) = now {
+                record.extend(self.usage_if_changed(layer, day, disk, snap));
+            } else if let Some((disk, snap)) = by_layer.get(&layer) {
+                // Gone: what it stored before the commit.
+                let before = self
+                    .layers
+                    .before(&layer)
+                    .unwrap_or_else(|| self.layers.get(&layer));
+                let bytes = before.and_then(|l| l.frozen).map_or(0, |f| f.stored_bytes);
                 let entry = UsageEntry {
                     disk: disk.clone(),
                     snap: snap.clone(),
                     bytes,
-                    alive: true,
+                    alive: false,
                 };
-                record.push((key, entry));
+                record.push(((layer, day), entry));
             }
         }
         self.usage.extend(record);
+    }
+
+    /// The usage entries every snapshot should have and has not: none, for
+    /// a catalog whose every commit noted its usage. Opening a repository
+    /// records what this finds (one whose catalog predates usage).
+    pub fn missing_usage(&self, day: u32) -> Vec<((LayerId, u32), UsageEntry)> {
+        let mut out = Vec::new();
+        for (disk, m) in self.snapshots.iter() {
+            for (snap, r) in m {
+                out.extend(self.usage_if_changed(r.layer, day, disk, snap));
+            }
+        }
+        out
+    }
+
+    /// Today's entry for the snapshot `disk@snap` of `layer`, unless its
+    /// last entry already says what it stores now under that name.
+    fn usage_if_changed(
+        &self,
+        layer: LayerId,
+        day: u32,
+        disk: &DiskName,
+        snap: &SnapName,
+    ) -> Option<((LayerId, u32), UsageEntry)> {
+        let bytes = self.stored(layer);
+        let key = (layer, day);
+        let last = self.usage.range((layer, 0)..=key).next_back();
+        let current = last.is_some_and(|(_, e)| {
+            e.alive && e.bytes == bytes && e.disk == *disk && e.snap == *snap
+        });
+        let entry = UsageEntry {
+            disk: disk.clone(),
+            snap: snap.clone(),
+            bytes,
+            alive: true,
+        };
+        (!current).then_some((key, entry))
+    }
+
+    /// Bytes the frozen layer `layer` stores (0 for any other).
+    fn stored(&self, layer: LayerId) -> u64 {
+        self.layers
+            .get(&layer)
+            .and_then(|l| l.frozen)
+            .map_or(0, |f| f.stored_bytes)
     }
 
     /// The error for a snapshot `r` that is not there: no such snapshot of
@@ -609,7 +762,7 @@ impl CatalogFile {
 
     fn image(repo_id: u64, cat: &Catalog) -> Vec<u8> {
         let header = format::encode(&CatalogHeader { repo: repo_id });
-        let checkpoint = format::encode(&CatalogRecord::Checkpoint(cat.clone()));
+        let checkpoint = format::encode(&CatalogRecord::Checkpoint(Box::new(cat.clone())));
         format::log_bytes(MAGIC_CATALOG, &header, &[checkpoint])
     }
 
@@ -635,12 +788,13 @@ impl CatalogFile {
         let Some(first) = records.next() else {
             return Err(StoreError::corrupt(path, "it holds no checkpoint record"));
         };
-        let CatalogRecord::Checkpoint(mut cat) = format::decode(path, first)? else {
+        let CatalogRecord::Checkpoint(cat) = format::decode(path, first)? else {
             return Err(StoreError::corrupt(
                 path,
                 "its first record is not a checkpoint",
             ));
         };
+        let mut cat = *cat;
         let checkpoint_bytes = format::record_bytes(1, first).len() as u64;
         let mut changes_bytes = 0;
         for (i, r) in records.enumerate() {
@@ -693,9 +847,9 @@ impl CatalogFile {
         Ok(())
     }
 
-    /// Makes the change from `old` to `new` durable: one appended record.
-    pub fn commit(&mut self, old: &Catalog, new: &Catalog) -> Result<(), CommitError> {
-        let payload = format::encode(&CatalogRecord::Changes(old.changes_to(new)));
+    /// Makes `changes` durable: one appended record.
+    pub fn commit(&mut self, changes: Vec<Change>) -> Result<(), CommitError> {
+        let payload = format::encode(&CatalogRecord::Changes(changes));
         let bytes = format::record_bytes(self.next_seq, &payload);
         let io = |e| StoreError::io(&self.path)(e);
         format::append_synced(self.file.as_ref(), self.end, &bytes).map_err(|e| match e {
@@ -762,7 +916,8 @@ mod tests {
                 created: 1,
             },
         );
-        a.snapshots.entry(name("d")).or_default().insert(
+        a.snapshots.insert2(
+            name("d"),
             SnapName::parse("s").unwrap(),
             SnapshotRecord {
                 layer: LayerId(1),
@@ -770,11 +925,25 @@ mod tests {
                 seq: 1,
             },
         );
+        a.snapshots.insert2(
+            name("d"),
+            SnapName::parse("u").unwrap(),
+            SnapshotRecord {
+                layer: LayerId(0),
+                taken: 1,
+                seq: 0,
+            },
+        );
+        a.settle();
         let mut b = a.clone();
+        let counters = b.counters();
         b.generation += 1;
         b.disks.remove(&name("d"));
-        b.snapshots.clear();
-        b.snapshots.entry(name("e")).or_default().insert(
+        b.snapshots
+            .remove2(&name("d"), &SnapName::parse("s").unwrap());
+        b.snapshots.move_outer(&name("d"), &name("f"));
+        b.snapshots.insert2(
+            name("e"),
             SnapName::parse("t").unwrap(),
             SnapshotRecord {
                 layer: LayerId(3),
@@ -787,11 +956,22 @@ mod tests {
             kind: IntentKind::Create,
             files: vec![(LayerId(4), LayerFileKind::Data)],
         });
+        // What the commit writes, tracked as it was made, replays to the
+        // same catalog as the difference of the two whole catalogs.
         let mut replay = a.clone();
-        replay.apply(a.changes_to(&b));
+        replay.apply(b.changes());
         assert_eq!(replay, b);
+        let mut oracle = a.clone();
+        oracle.apply(a.changes_to(&b));
+        assert_eq!(oracle, b);
+        assert_eq!(b.changes().len(), a.changes_to(&b).len());
         let mut back = b.clone();
+        back.settle();
         back.apply(b.changes_to(&a));
         assert_eq!(back, a);
+        // And a commit that fails is undone, counters and all.
+        b.rollback(counters);
+        assert_eq!(b, a);
+        assert!(b.is_settled());
     }
 }

@@ -75,10 +75,11 @@ pub mod recovery;
 pub mod snapshot;
 pub mod storage;
 pub mod stream;
+pub mod tracked;
 mod upgrade;
 pub mod vhd;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -88,7 +89,10 @@ use lru::LruCache;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
-use catalog::{Catalog, CatalogFile, CommitError, FrozenInfo, Intent, IntentKind, SnapshotRecord};
+use catalog::{
+    Catalog, CatalogFile, CommitError, FrozenInfo, Intent, IntentKind, LayerNames, NameOf,
+    SnapshotRecord,
+};
 pub use disk::{Disk, WriterGuard};
 pub use error::{Result, StoreError};
 pub use export::{export, ExportStats, ExportTarget};
@@ -244,12 +248,82 @@ struct CatalogState {
     latch: Option<String>,
     /// Which snapshot names each layer: how the mount finds an image by its
     /// identity, at any number of snapshots. Follows `cat`.
-    by_layer: HashMap<LayerId, (DiskName, SnapName)>,
+    by_layer: LayerNames,
     /// How many children each layer has. Follows `cat`.
     kids: HashMap<LayerId, u32>,
+    /// The frozen layers no snapshot names (deleted snapshots' layers, not
+    /// yet tidied away): while there are none, tidy has nothing to do.
+    /// Follows `cat`.
+    hidden: BTreeSet<LayerId>,
 }
 
 impl CatalogState {
+    fn new(cat: Catalog, file: CatalogFile) -> CatalogState {
+        let (by_layer, kids, hidden) = indexes(&cat);
+        CatalogState {
+            by_layer,
+            kids,
+            hidden,
+            cat,
+            file,
+            latch: None,
+        }
+    }
+
+    /// Brings the indexes up to date with the commit under way, once it is
+    /// durable (`renamed` from [`Catalog::renamed_layers`]), and settles the
+    /// catalog: work in the size of the change.
+    fn settle(&mut self, renamed: BTreeMap<LayerId, Option<NameOf>>) {
+        let mut look: BTreeSet<LayerId> = renamed.keys().copied().collect();
+        for (id, before, now) in self.cat.layers.touched() {
+            look.insert(*id);
+            if let Some(p) = before.and_then(|l| l.parent) {
+                if let Some(n) = self.kids.get_mut(&p) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.kids.remove(&p);
+                    }
+                }
+            }
+            if let Some(p) = now.and_then(|l| l.parent) {
+                *self.kids.entry(p).or_default() += 1;
+            }
+        }
+        for (layer, name) in renamed {
+            match name {
+                Some(n) => self.by_layer.insert(layer, n),
+                None => self.by_layer.remove(&layer),
+            };
+        }
+        for id in look {
+            let frozen = self.cat.layers.get(&id).is_some_and(|l| l.frozen.is_some());
+            if frozen && !self.by_layer.contains_key(&id) {
+                self.hidden.insert(id);
+            } else {
+                self.hidden.remove(&id);
+            }
+        }
+        self.cat.settle();
+        #[cfg(debug_assertions)]
+        self.check_indexes();
+    }
+
+    /// In debug builds (every test), each commit checks that the indexes
+    /// kept up change by change are what rebuilding them gives, and that
+    /// every snapshot's usage is noted; catalogs past a few thousand layers
+    /// are left unchecked, or the check would be what tests measure.
+    #[cfg(debug_assertions)]
+    fn check_indexes(&self) {
+        if self.cat.layers.len() > 2_000 {
+            return;
+        }
+        let (by_layer, kids, hidden) = indexes(&self.cat);
+        assert_eq!(self.by_layer, by_layer, "layer-to-snapshot index");
+        assert_eq!(self.kids, kids, "child counts");
+        assert_eq!(self.hidden, hidden, "hidden layers");
+        assert_eq!(self.cat.missing_usage(today()), vec![], "usage entries");
+    }
+
     /// The layers of deleted snapshots that only the live layer `live`
     /// reads (what it holds that no remaining snapshot does, besides its
     /// own): its parent while that is hidden with no other child, and so
@@ -279,6 +353,20 @@ impl CatalogState {
     }
 }
 
+/// The indexes [`CatalogState`] keeps beside `cat`, built from scratch:
+/// which snapshot names each layer, how many children each has, and the
+/// hidden layers.
+fn indexes(cat: &Catalog) -> (LayerNames, HashMap<LayerId, u32>, BTreeSet<LayerId>) {
+    let by_layer = index_by_layer(cat);
+    let hidden = cat
+        .layers
+        .iter()
+        .filter(|(id, l)| l.frozen.is_some() && !by_layer.contains_key(id))
+        .map(|(id, _)| *id)
+        .collect();
+    (by_layer, count_kids(cat), hidden)
+}
+
 /// How many children each layer of `cat` has.
 fn count_kids(cat: &Catalog) -> HashMap<LayerId, u32> {
     let mut out = HashMap::new();
@@ -291,7 +379,7 @@ fn count_kids(cat: &Catalog) -> HashMap<LayerId, u32> {
 }
 
 /// Which snapshot names each layer of `cat`.
-fn index_by_layer(cat: &Catalog) -> HashMap<LayerId, (DiskName, SnapName)> {
+fn index_by_layer(cat: &Catalog) -> LayerNames {
     cat.snapshots
         .iter()
         .flat_map(|(d, m)| {
@@ -562,12 +650,19 @@ impl Repository {
             upgrade::header(st, &paths.tmp, &repo_file, doc.version, &header)?;
         }
         file.settle()?;
-        if !cat.intents.is_empty() {
-            let mut next = cat.clone();
-            next.intents.clear();
-            next.generation += 1;
-            file.commit(&cat, &next).map_err(CommitError::into_inner)?;
-            cat = next;
+        // Intents left by a crash are done with (recovery has dealt with
+        // their files), and a catalog from before usage was kept gets it.
+        let missing = cat.missing_usage(today());
+        if !cat.intents.is_empty() || !missing.is_empty() {
+            let counters = cat.counters();
+            cat.intents.clear();
+            cat.usage.extend(missing);
+            cat.generation += 1;
+            if let Err(e) = file.commit(cat.changes()) {
+                cat.rollback(counters);
+                return Err(e.into_inner());
+            }
+            cat.settle();
         }
         if file.wants_compaction() {
             file.compact(&cat).map_err(CommitError::into_inner)?;
@@ -588,13 +683,7 @@ impl Repository {
                 storage,
                 paths,
                 _lock: lock,
-                catalog: Mutex::new(CatalogState {
-                    by_layer: index_by_layer(&cat),
-                    kids: count_kids(&cat),
-                    cat,
-                    file,
-                    latch: None,
-                }),
+                catalog: Mutex::new(CatalogState::new(cat, file)),
                 files: Arc::new(files),
                 disks: Mutex::new(HashMap::new()),
                 identities: Mutex::new(HashMap::new()),
@@ -666,10 +755,13 @@ impl Repository {
         }
     }
 
-    /// Replaces the catalog with `f` applied to a copy of it. The in-memory
-    /// catalog changes only once the new one is durable. On
-    /// [`CommitError::NotWritten`] the caller may undo what it prepared; on
-    /// [`CommitError::Unknown`] it must not, and the repository is latched.
+    /// Changes the catalog with `f`, durably, in one record. `f` changes
+    /// the catalog in place and the record holds what it touched, so a
+    /// commit costs what it changes, not the catalog's size. Should `f` or
+    /// the write fail, every change is undone: the in-memory catalog holds
+    /// only what is durable. On [`CommitError::NotWritten`] the caller may
+    /// undo what it prepared; on [`CommitError::Unknown`] it must not, and
+    /// the repository is latched.
     fn commit<T>(&self, f: impl FnOnce(&mut Catalog) -> Result<T>) -> Result<T, CommitError> {
         let mut state = self.inner.catalog.lock();
         if let Some(cause) = &state.latch {
@@ -677,25 +769,28 @@ impl Repository {
                 cause: cause.clone(),
             }));
         }
-        let mut next = state.cat.clone();
-        let out = f(&mut next).map_err(CommitError::NotWritten)?;
-        next.generation += 1;
-        next.note_usage(&state.cat, today());
         let state = &mut *state;
-        if let Err(e) = state.file.commit(&state.cat, &next) {
+        debug_assert!(state.cat.is_settled());
+        let counters = state.cat.counters();
+        let out = match f(&mut state.cat) {
+            Ok(out) => out,
+            Err(e) => {
+                state.cat.rollback(counters);
+                return Err(CommitError::NotWritten(e));
+            }
+        };
+        state.cat.generation += 1;
+        let renamed = state.cat.renamed_layers(&state.by_layer);
+        state.cat.note_usage(today(), &state.by_layer, &renamed);
+        if let Err(e) = state.file.commit(state.cat.changes()) {
+            state.cat.rollback(counters);
             if let CommitError::Unknown(inner) = &e {
                 log::error!("catalog commit: {inner}; the repository accepts no more changes");
                 state.latch = Some(inner.to_string());
             }
             return Err(e);
         }
-        if next.snapshots != state.cat.snapshots {
-            state.by_layer = index_by_layer(&next);
-        }
-        if next.layers != state.cat.layers {
-            state.kids = count_kids(&next);
-        }
-        state.cat = next;
+        state.settle(renamed);
         if state.file.wants_compaction() {
             match state.file.compact(&state.cat) {
                 Ok(()) => {}
@@ -1004,8 +1099,12 @@ impl Repository {
     /// (or is one): once it is closed, tidy may give space back.
     pub fn reads_hidden(&self, layer: LayerId) -> bool {
         let state = self.inner.catalog.lock();
-        let named = state.cat.named_layers();
-        state.cat.chain(layer).iter().any(|l| !named.contains(l))
+        !state.hidden.is_empty()
+            && state
+                .cat
+                .chain(layer)
+                .iter()
+                .any(|l| state.hidden.contains(l))
     }
 
     /// A disk's snapshots in the order they were taken. A deleted disk's
@@ -1096,6 +1195,18 @@ impl Repository {
         self.inner.stale_bases.store(true, SeqCst);
         self.inner.relaid.fetch_add(1, SeqCst);
         self.forget_maps();
+    }
+
+    /// Whether tidy would find nothing to do: no frozen layer that no
+    /// snapshot names, and no removal under way.
+    pub(crate) fn nothing_to_tidy(&self) -> bool {
+        let state = self.inner.catalog.lock();
+        state.hidden.is_empty()
+            && !state
+                .cat
+                .intents
+                .values()
+                .any(|i| i.kind == IntentKind::Remove)
     }
 
     /// Whether [`Repository::relay`] has yet to succeed.

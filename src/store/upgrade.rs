@@ -130,7 +130,8 @@ fn convert_catalog(path: &Path, old: v1::Catalog) -> Result<Catalog> {
         let d = disk(&name)?;
         for (snap, s) in snaps {
             let snap = SnapName::parse(&snap).map_err(|e| bad(e.to_string()))?;
-            cat.snapshots.entry(d.clone()).or_default().insert(
+            cat.snapshots.insert2(
+                d.clone(),
                 snap,
                 SnapshotRecord {
                     layer: LayerId(s.layer),
@@ -155,6 +156,7 @@ fn convert_catalog(path: &Path, old: v1::Catalog) -> Result<Catalog> {
             },
         );
     }
+    cat.settle();
     Ok(cat)
 }
 

@@ -42,18 +42,12 @@ impl Repository {
                 .commit(|cat| {
                     let mut gone = Vec::new();
                     for r in refs {
-                        let rec = cat
-                            .snapshots
-                            .get_mut(&r.disk)
-                            .and_then(|m| m.remove(&r.snap));
+                        let rec = cat.snapshots.remove2(&r.disk, &r.snap);
                         match rec {
                             Some(rec) => gone.push((r.clone(), rec.layer)),
                             // The same one named twice is deleted once.
                             None if gone.iter().any(|(g, _)| g == r) => {}
                             None => return Err(cat.no_such_snapshot(r)),
-                        }
-                        if cat.snapshots.get(&r.disk).is_some_and(|m| m.is_empty()) {
-                            cat.snapshots.remove(&r.disk);
                         }
                     }
                     Ok(gone)

@@ -176,19 +176,21 @@ impl Repository {
         let _s = self.inner.structure.lock();
         let layer = self
             .commit(|cat| {
-                let missing = cat.no_such_snapshot(r);
-                let m = cat.snapshots.get_mut(&r.disk).ok_or(missing)?;
-                if m.contains_key(to) {
+                if cat.snapshots.get2(&r.disk, &r.snap).is_none() {
+                    return Err(cat.no_such_snapshot(r));
+                }
+                if cat.snapshots.get2(&r.disk, to).is_some() {
                     return Err(StoreError::SnapshotExists(SnapshotRef {
                         disk: r.disk.clone(),
                         snap: to.clone(),
                     }));
                 }
-                let rec = m
-                    .remove(&r.snap)
+                let rec = cat
+                    .snapshots
+                    .remove2(&r.disk, &r.snap)
                     .ok_or_else(|| StoreError::NoSuchSnapshot(r.clone()))?;
                 let layer = rec.layer;
-                m.insert(to.clone(), rec);
+                cat.snapshots.insert2(r.disk.clone(), to.clone(), rec);
                 Ok(layer)
             })
             .map_err(|e| e.into_inner())?;
@@ -214,9 +216,7 @@ impl Repository {
                 .remove(from)
                 .ok_or_else(|| StoreError::NoSuchDisk(from.clone()))?;
             cat.disks.insert(to.clone(), d);
-            if let Some(snaps) = cat.snapshots.remove(from) {
-                cat.snapshots.insert(to.clone(), snaps);
-            }
+            cat.snapshots.move_outer(from, to);
             Ok(())
         })
         .map_err(|e| e.into_inner())?;

@@ -550,7 +550,8 @@ impl Repository {
                     files: vec![id],
                 },
             );
-            cat.snapshots.entry(r.disk.clone()).or_default().insert(
+            cat.snapshots.insert2(
+                r.disk.clone(),
                 r.snap.clone(),
                 SnapshotRecord {
                     layer: id,

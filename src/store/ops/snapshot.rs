@@ -292,7 +292,8 @@ impl Repository {
                 if let Some(d) = cat.disks.get_mut(&p.name) {
                     d.live = p.new;
                 }
-                cat.snapshots.entry(p.name.clone()).or_default().insert(
+                cat.snapshots.insert2(
+                    p.name.clone(),
                     name.clone(),
                     SnapshotRecord {
                         layer: p.old,
@@ -469,8 +470,16 @@ impl Repository {
             // no longer reads through may go, and must not take them along.
             for f in &named {
                 if c.layers.get(&id).is_some_and(|l| !l.files.contains(f)) {
-                    for l in c.layers.values_mut() {
-                        l.files.retain(|x| x != f);
+                    let holders: Vec<LayerId> = c
+                        .layers
+                        .iter()
+                        .filter(|(_, l)| l.files.contains(f))
+                        .map(|(h, _)| *h)
+                        .collect();
+                    for h in holders {
+                        if let Some(l) = c.layers.get_mut(&h) {
+                            l.files.retain(|x| x != f);
+                        }
                     }
                     if let Some(l) = c.layers.get_mut(&id) {
                         l.files.push(*f);

@@ -116,6 +116,12 @@ impl Repository {
         if self.bases_stale() {
             self.relay()?;
         }
+        if self.nothing_to_tidy() {
+            // Every frozen layer is a snapshot's and no removal is under
+            // way: the usual case after a snapshot, known without looking
+            // at the whole catalog.
+            return Ok(TidyOutcome::default());
+        }
         let mut out = TidyOutcome::default();
         // Each pass acts on what the last one changed; the tree shrinks
         // every time something is done, so this ends.
