@@ -18,7 +18,7 @@ use std::path::Path;
 
 use rustix::fs::{fadvise, Advice, FallocateFlags, FlockOperation, SeekFrom};
 use rustix::io::{preadv2, Errno, FdFlags, ReadWriteFlags};
-use rustix::mount::{unmount, UnmountFlags};
+use rustix::mount::{mount, unmount, MountFlags, UnmountFlags};
 use rustix::net::{
     recvmsg, sendmsg, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
     SendAncillaryMessage, SendFlags,
@@ -314,6 +314,19 @@ pub fn statvfs(path: &Path) -> io::Result<FsStats> {
 /// root).
 pub fn umount(path: &Path) -> io::Result<()> {
     Ok(unmount(path, UnmountFlags::empty())?)
+}
+
+/// Mounts a FUSE file system (`fstype` "fuse") from `source` at `mp`,
+/// with the kernel options `data` (which name the `/dev/fuse` descriptor),
+/// never set-uid or device files, no access times, read-only if asked.
+pub fn mount_fuse(source: &str, mp: &Path, data: &str, read_only: bool) -> io::Result<()> {
+    let mut flags = MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOATIME;
+    if read_only {
+        flags |= MountFlags::RDONLY;
+    }
+    let data = std::ffi::CString::new(data)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL in mount options"))?;
+    Ok(mount(source, mp, "fuse", flags, Some(data.as_c_str()))?)
 }
 
 /// Detaches a mount now, even if its daemon is gone or it is busy

@@ -21,6 +21,11 @@ fn data_file(root: &Path, layer: strata::store::LayerId) -> PathBuf {
 
 /// Flips one bit of `file` at `at`.
 fn flip(file: &Path, at: u64) {
+    flip_bit(file, at, 3);
+}
+
+/// Flips bit `bit` (0 to 7) of the byte of `file` at `at`.
+fn flip_bit(file: &Path, at: u64, bit: u32) {
     let f = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -28,7 +33,7 @@ fn flip(file: &Path, at: u64) {
         .unwrap();
     let mut b = [0u8; 1];
     f.read_exact_at(&mut b, at).unwrap();
-    b[0] ^= 0x08;
+    b[0] ^= 1 << bit;
     f.write_all_at(&b, at).unwrap();
     f.sync_all().unwrap();
 }
@@ -236,9 +241,14 @@ fn verify_finds_names_and_mends() {
         .iter()
         .map(|v| v.as_str().unwrap())
         .collect();
-    assert_eq!(mended, [format!("layers/{s2}.idx")], "{r}");
-    // The header's damaged copy was mended when the mount opened it: both
-    // copies (sector 0 and sector 1) are the same again.
+    // The header's damaged copy was mended when the mount opened it, and
+    // the first verify says so: both copies (sector 0 and sector 1) are the
+    // same again.
+    assert_eq!(
+        mended,
+        ["strata.repo".to_string(), format!("layers/{s2}.idx")],
+        "{r}"
+    );
     let header = std::fs::read(m.repo.join("strata.repo")).unwrap();
     assert!(
         header[..512] == header[512..1024],
@@ -299,20 +309,16 @@ fn verify_repairs_from_a_replica() {
     assert!(got == data, "the healed snapshot differs");
 }
 
-/// Where a document's first copy lies: its frame (header and payload).
-fn first_frame(bytes: &[u8]) -> std::ops::Range<usize> {
-    let len = u64::from_le_bytes(bytes[16..24].try_into().unwrap()) as usize;
-    0..32 + len
-}
-
-/// One flipped bit in every kind of file the repository holds, over many
-/// seeds. A metadata file (header, catalog, index, journal, bookmark,
-/// verify record) has two copies: the damaged one is mended and every
-/// image reads as before. A frozen data block has its checksum: `verify`
-/// names the file and block and the images that read it (exit 1), and
-/// reading that block (export) fails instead of returning wrong bytes,
-/// while images that do not read it export as before. (Blocks written
-/// since the last snapshot have no checksum yet: they are not flipped.)
+/// One flipped bit, anywhere, in every kind of file the repository holds,
+/// over many seeds. Every record of a metadata file (header, catalog,
+/// index, journal, bookmark, receive state, verify record) has two copies:
+/// `verify` names the file whose copy it mended, and every image reads as
+/// before. A frozen data block has its checksum: `verify` names the file
+/// and block and the images that read it (exit 1), and reading that block
+/// fails (`export`, and the daemon with `-o checked`: EIO) instead of
+/// returning wrong bytes, while images that do not read it read as before.
+/// (Blocks written since the last snapshot have no checksum yet: they are
+/// not flipped.)
 #[test]
 fn every_flipped_bit_is_mended_or_named() {
     let dir = tempfile::tempdir().unwrap();
@@ -334,6 +340,25 @@ fn every_flipped_bit_is_mended_or_named() {
             .unwrap();
         d.write_at(7 << 20, &random(65536, 13)).unwrap();
         d.flush().unwrap();
+        // A receive cut short leaves its state behind.
+        let other = Repository::init(&dir.path().join("other")).unwrap();
+        let rx = DiskName::parse("rx").unwrap();
+        other.create_disk(&rx, 4 << 20, 65536).unwrap();
+        other
+            .disk(&rx)
+            .unwrap()
+            .write_at(0, &random(4 << 20, 15))
+            .unwrap();
+        other
+            .snapshot(&rx, Some(SnapName::parse("r").unwrap()))
+            .unwrap();
+        let mut stream = Vec::new();
+        other
+            .send(&snap("rx@r"), None, None, &mut stream, &mut |_, _| {})
+            .unwrap();
+        repo.receive(&mut &stream[..stream.len() * 3 / 4], None, &mut |_, _| {})
+            .unwrap_err();
+        assert_eq!(repo.partial_receives().unwrap().len(), 1);
         let l = |s: &str| repo.snapshot_info(&snap(s)).unwrap().layer;
         (l("vm@s1"), l("vm@s2"), repo.disk_info(&vm).unwrap().id)
     };
@@ -369,12 +394,18 @@ fn every_flipped_bit_is_mended_or_named() {
         .map(|e| e.unwrap().path())
         .find(|p| p.extension().is_some_and(|x| x == "log"))
         .unwrap();
+    let receive_state = std::fs::read_dir(base.join("receiving"))
+        .unwrap()
+        .map(|e| e.unwrap().path().join("state"))
+        .find(|p| p.is_file())
+        .expect("the cut-short receive's state");
     let kinds: Vec<(&str, PathBuf)> = vec![
         ("header", base.join("strata.repo")),
         ("catalog", base.join("catalog")),
         ("index", layers.join(format!("{s2_layer}.idx"))),
         ("journal", journal),
         ("bookmark", base.join("bookmarks").join("vm#s2")),
+        ("receive state", receive_state),
         ("verified", base.join("verified")),
         ("data", data_file(&base, s1_layer)),
     ];
@@ -385,7 +416,7 @@ fn every_flipped_bit_is_mended_or_named() {
         seed ^= seed << 17;
         seed % n
     };
-    for round in 0..42 {
+    for round in 0..64 {
         let (kind, file) = &kinds[round % kinds.len()];
         let root = dir.path().join(format!("r{round}"));
         copy_tree(&base, &root);
@@ -395,10 +426,10 @@ fn every_flipped_bit_is_mended_or_named() {
             let b = next(48);
             (b * 65536 + next(65536), Some(b))
         } else {
-            let r = first_frame(&bytes);
-            (r.start as u64 + next(r.len() as u64), None)
+            (next(bytes.len() as u64), None)
         };
-        flip(&target, at);
+        flip_bit(&target, at, next(8) as u32);
+        let rel = target.strip_prefix(&root).unwrap().display().to_string();
         let what = format!("round {round}: {kind} flipped at {at}");
         let out = strata(&root, &["verify", "--json"]);
         let report: serde_json::Value = serde_json::from_slice(&out.stdout)
@@ -429,20 +460,65 @@ fn every_flipped_bit_is_mended_or_named() {
                 // Block 1 is s3's own: s3 and the live disk do not read s1's.
                 let s3_reads = readers.iter().any(|r| r == "vm@s3");
                 assert_eq!(s3_reads, b != 1, "{what}: {readers:?}");
+                // Through the daemon, every read checked: EIO for the
+                // images that read the block, their bytes for the others.
+                if fuse_available() {
+                    let mut m = Mounted {
+                        dir: tempfile::tempdir().unwrap(),
+                        repo: root.clone(),
+                        mp: PathBuf::new(),
+                        pid: 0,
+                    };
+                    m.mp = m.dir.path().join("mnt");
+                    std::fs::create_dir(&m.mp).unwrap();
+                    m.mount(&["-o", "checked"]);
+                    let at = b * 65536;
+                    for (img, bytes) in &want {
+                        let path = match img.split_once('@') {
+                            Some((d, s)) => m.snap(d, s),
+                            None => m.live(img),
+                        };
+                        let f = std::fs::File::open(&path).unwrap();
+                        let mut buf = vec![0u8; 65536];
+                        let got = f.read_exact_at(&mut buf, at);
+                        if readers.contains(img) {
+                            let e = got.unwrap_err();
+                            assert_eq!(e.raw_os_error(), Some(libc::EIO), "{what}: {img}");
+                        } else {
+                            got.unwrap();
+                            assert!(buf == bytes[at as usize..][..65536], "{what}: {img}");
+                        }
+                    }
+                    m.umount();
+                }
             }
             None => {
                 assert_eq!(out.status.code(), Some(0), "{what}: {report}");
+                let mended: Vec<&str> = report["mended"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_str().unwrap())
+                    .collect();
+                assert!(
+                    mended.contains(&rel.as_str()),
+                    "{what}: {rel} not named: {report}"
+                );
                 for (img, bytes) in &want {
                     let (code, got, err) = export(&root, img);
                     assert_eq!(code, 0, "{what}: {img}: {err}");
                     assert!(got == *bytes, "{what}: {img} differs");
                 }
+                // And what reads it takes it as it was.
                 if *kind == "bookmark" {
-                    // Read (and mended) by a send that takes it as base.
                     strata_ok(
                         &root,
                         &["send", "vm@s2", "--from", "vm#s2", "-o", "/dev/null"],
                     );
+                }
+                if *kind == "receive state" {
+                    let parts = strata_ok(&root, &["receive", "--status"]);
+                    assert!(parts.contains("rx@r"), "{what}: {parts}");
                 }
                 // The damaged copy was mended: the file reads as it was.
                 let now = std::fs::read(&target).unwrap();

@@ -198,6 +198,27 @@ fn whole_disk_gpt_and_mbr_images() {
         ],
     );
     let parts: serde_json::Value = serde_json::from_str(&json).unwrap();
+    // Every field the README's JSON table documents, in every part.
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let row = readme
+        .lines()
+        .find(|l| l.starts_with("| `strata restore attach"))
+        .expect("README: restore attach's JSON row");
+    let fields: Vec<&str> = row
+        .split('|')
+        .nth(3)
+        .unwrap()
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .collect();
+    assert!(fields.len() >= 6, "{row}");
+    for p in parts.as_array().unwrap() {
+        for f in &fields {
+            assert!(p.get(*f).is_some(), "no field {f:?} in {p}");
+        }
+    }
     assert_eq!(parts[0]["fstype"], "ext4");
     assert_eq!(parts[0]["mounted_at"], dir.join("p1").to_str().unwrap());
     assert!(parts[1]["mounted_at"].is_null());

@@ -30,6 +30,8 @@ fn a_read_only_mount_changes_nothing() {
     std::fs::write(&img, vec![1u8; 1 << 20]).unwrap();
     let stream = m.path("s.stream");
     strata_ok(&m.repo, &["send", "vm@s1", "-o", stream.to_str().unwrap()]);
+    let replica = m.path("replica");
+    strata_ok(&replica, &["init"]);
     for args in [
         vec!["disk", "create", "new", "--size", "1M"],
         vec!["disk", "import", "imp", img.to_str().unwrap()],
@@ -46,6 +48,7 @@ fn a_read_only_mount_changes_nothing() {
         vec!["gc"],
         vec!["receive", "--as", "copy", "-i", stream.to_str().unwrap()],
         vec!["quarantine", "purge"],
+        vec!["verify", "--repair-from", replica.to_str().unwrap()],
     ] {
         refused_with(strata(&m.repo, &args), "mounted read-only");
     }
@@ -54,6 +57,7 @@ fn a_read_only_mount_changes_nothing() {
     strata_ok(&m.repo, &["snapshot", "list", "vm", "--json"]);
     strata_ok(&m.repo, &["prune", "vm", "--keep-last", "1", "--dry-run"]);
     strata_ok(&m.repo, &["usage"]);
+    strata_ok(&m.repo, &["verify"]);
     let after = stored(&m.repo);
     assert!(before == after, "the repository changed");
 }
@@ -90,18 +94,33 @@ fn a_mount_point_in_use_is_refused_and_a_full_one_warned_of() {
         "mount -t tmpfs -o size=1m tmpfs '{}'",
         mp.display()
     ));
-    let out = strata(&repo, &["mount", mp.to_str().unwrap()]);
+    std::fs::write(mp.join("on-tmpfs"), "x").unwrap();
+    // Named directly, or through a symlink: refused, naming what is there,
+    // and with no word about what the directory holds.
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(&mp, &link).unwrap();
+    let direct = strata(&repo, &["mount", mp.to_str().unwrap()]);
+    let linked = strata(&repo, &["mount", link.to_str().unwrap()]);
+    let still = mp.join("on-tmpfs").exists();
     sh(&format!("umount '{}'", mp.display()));
-    refused_with(out, "already has a file system mounted on it (tmpfs");
+    assert!(still, "the tmpfs was hidden");
+    for out in [direct, linked] {
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!err.contains("is not empty"), "{err}");
+        refused_with(out, "already has a file system mounted on it (tmpfs");
+    }
     std::fs::write(mp.join("note"), "x").unwrap();
     let out = strata(&repo, &["mount", mp.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     let ok = out.status.success();
+    let mounted = common::is_mounted(&mp);
     if ok {
-        strata_ok(&repo, &["umount", mp.to_str().unwrap()]);
+        // Through the symlink too.
+        strata_ok(&repo, &["umount", link.to_str().unwrap()]);
     }
-    assert!(ok, "{err}");
-    assert!(err.contains("is not empty"), "{err}");
+    assert!(ok && mounted, "{err}");
+    assert!(!common::is_mounted(&mp), "umount through the symlink");
+    assert_eq!(err.matches("is not empty").count(), 1, "{err}");
 }
 
 #[test]

@@ -1,12 +1,13 @@
 //! The control protocol's messages on any bytes, as the daemon and the
-//! command decode them. None may panic or allocate without bound.
+//! command decode them (with the version check that comes first). None may
+//! panic or allocate without bound.
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use strata::control::{Envelope, Request, Response};
+use strata::control::{decode_message, Request, Response};
 
 fuzz_target!(|data: &[u8]| {
-    let _ = postcard::from_bytes::<Envelope<Request>>(data);
-    let _ = postcard::from_bytes::<Envelope<Response>>(data);
+    let _ = decode_message::<Request>(data);
+    let _ = decode_message::<Response>(data);
 });

@@ -162,7 +162,12 @@ strata snapshot delete vm1@before-upgrade\n\n\
     /// an operation that never committed: any other file in layers/ that the
     /// catalog does not name is moved to REPO/quarantine/ and reported.
     /// Look at them, put them back by hand if they matter, or purge them.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  \
+strata quarantine list             # what was set aside, and how big\n  \
+strata quarantine purge            # delete it, once you are sure nothing there matters"
+    )]
     Quarantine(quarantine::QuarantineCommand),
     /// Mount the repository: every disk and snapshot as an image file
     ///
@@ -173,7 +178,13 @@ strata snapshot delete vm1@before-upgrade\n\n\
     /// repository whose directory is missing or empty is created first.
     Mount(mount::MountArgs),
     /// Mount a snapshot's file systems read-only to copy single files out
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples (as root, the repository mounted):\n  \
+strata restore attach vm1@before-upgrade /mnt/restore   # one directory per partition\n  \
+cp /mnt/restore/p1/etc/fstab /tmp/\n  \
+strata restore detach /mnt/restore"
+    )]
     Restore(restore::RestoreCommand),
     /// Flush everything and unmount (also cleans up after a daemon that died)
     Umount(mount::UmountArgs),
@@ -302,6 +313,28 @@ pub fn inside_repository(repo: &std::path::Path, path: &std::path::Path) -> bool
         .is_some_and(|p| p.starts_with(&repo))
 }
 
+/// A mount point as the kernel's mount table names it: absolute, with
+/// every symlink resolved (so a link to a directory in use cannot slip past
+/// the check for a file system mounted there). A dead mount (whose `stat`
+/// fails) or a missing directory is resolved up to its parent, and a
+/// symlink as its last part is followed without touching its target.
+pub fn mount_point(path: &std::path::Path) -> Result<std::path::PathBuf, Failure> {
+    let abs = absolute(path)?;
+    if let Ok(p) = std::fs::canonicalize(&abs) {
+        return Ok(p);
+    }
+    let (Some(parent), Some(name)) = (abs.parent(), abs.file_name()) else {
+        return Ok(abs);
+    };
+    let parent = std::fs::canonicalize(parent).unwrap_or_else(|_| parent.to_owned());
+    let p = parent.join(name);
+    Ok(match std::fs::read_link(&p) {
+        // `join` keeps an absolute target as it is.
+        Ok(target) => std::path::absolute(parent.join(target)).unwrap_or(p),
+        Err(_) => p,
+    })
+}
+
 /// `path` made absolute against the current directory (without touching it,
 /// so a dead mount point can still be named).
 pub fn absolute(path: &std::path::Path) -> Result<std::path::PathBuf, Failure> {
@@ -354,15 +387,13 @@ pub fn parse_block_size(s: &str) -> Result<u32, String> {
 mod tests {
     use clap::CommandFactory;
 
-    /// Every command a user can run, by its full name, leaves first.
-    fn leaves(cmd: &clap::Command, prefix: &str, out: &mut Vec<(String, clap::Command)>) {
+    /// Every command a user can ask `--help` of, by its full name: the
+    /// groups (`strata snapshot`) as well as what they hold.
+    fn commands(cmd: &clap::Command, prefix: &str, out: &mut Vec<(String, clap::Command)>) {
         let name = format!("{prefix} {}", cmd.get_name()).trim().to_string();
-        let subs: Vec<_> = cmd.get_subcommands().filter(|c| !c.is_hide_set()).collect();
-        if subs.is_empty() {
-            out.push((name.clone(), cmd.clone()));
-        }
-        for s in subs {
-            leaves(s, &name, out);
+        out.push((name.clone(), cmd.clone()));
+        for s in cmd.get_subcommands().filter(|c| !c.is_hide_set()) {
+            commands(s, &name, out);
         }
     }
 
@@ -371,7 +402,7 @@ mod tests {
         let mut cmd = super::Cli::command();
         cmd.build();
         let mut all = vec![];
-        leaves(&cmd, "", &mut all);
+        commands(&cmd, "", &mut all);
         let mut missing = vec![];
         for (name, c) in &all {
             if name.split(" ").any(|w| w == "help") {

@@ -13,7 +13,7 @@ use strata::fs::daemon::{self, MountOptions};
 use strata::store::Repository;
 use strata::sys;
 
-use super::{absolute, CmdResult, Failure};
+use super::{absolute, mount_point, CmdResult, Failure};
 
 /// Set in the daemon's environment by `strata mount`: say READY on stdout
 /// once serving, then let go of the terminal.
@@ -39,9 +39,10 @@ pub struct MountArgs {
     #[arg(long)]
     foreground: bool,
     /// Mount options, comma-separated: ro, rw, allow_other, allow_root,
-    /// checked, uid=N, gid=N, umask=OCTAL (mount(8)'s and fstab's generic
-    /// ones, such as defaults, nofail, noauto, _netdev, nosuid, nodev,
-    /// noexec, comment= and x-systemd.*, are accepted and ignored)
+    /// default_permissions (always on), checked, uid=N, gid=N, umask=OCTAL.
+    /// mount(8)'s and fstab's generic ones, such as defaults, nofail,
+    /// noauto, _netdev, comment= and x-systemd.*, are accepted and ignored;
+    /// nosuid, nodev and noexec always hold (images are plain files)
     #[arg(short = 'o', value_name = "OPTIONS")]
     options: Vec<String>,
 }
@@ -100,10 +101,27 @@ fn parse_options(a: &MountArgs) -> Result<MountOptions, Failure> {
             // permission checks come with allow_other; images hold no
             // devices or set-uid files, and mount point permissions are
             // the daemon's (umask=).
-            "defaults" | "noauto" | "auto" | "nofail" | "user" | "users" | "owner" | "group"
-            | "_netdev" | "default_permissions" | "nosuid" | "nodev" | "noexec" | "suid"
-            | "dev" | "exec" | "noatime" | "relatime" | "atime" => {}
+            // Images are never executable, set-uid or devices, so nosuid,
+            // nodev and noexec always hold; access times are not kept.
+            "defaults" | "noauto" | "auto" | "nofail" | "user" | "nouser" | "users" | "owner"
+            | "group" | "_netdev" | "default_permissions" | "nosuid" | "nodev" | "noexec"
+            | "suid" | "dev" | "exec" | "async" | "noatime" | "relatime" | "norelatime"
+            | "atime" | "strictatime" | "nostrictatime" | "diratime" | "nodiratime"
+            | "lazytime" | "nolazytime" => {}
             o if ["x-", "comment=", "user="].iter().any(|p| o.starts_with(p)) => {}
+            "sync" | "dirsync" => {
+                return Err(Failure::Usage(format!(
+                    "mount option {opt:?} is not supported: strata makes writes durable on \
+                     fsync, as a disk does; leave it out (an image's user syncs what must last)"
+                )))
+            }
+            "remount" => {
+                return Err(Failure::Usage(
+                    "mount option \"remount\" is not supported: unmount, then mount again \
+                     with the new options"
+                        .into(),
+                ))
+            }
             o => {
                 return Err(Failure::Usage(format!(
                     "unknown mount option {o:?} (strata's own: ro, rw, allow_other, allow_root, \
@@ -133,8 +151,17 @@ pub fn mount(repo: Option<PathBuf>, a: MountArgs) -> CmdResult {
         drop(Repository::init(&repo)?);
         eprintln!("created repository {}", repo.display());
     }
-    let mp = absolute(&a.mountpoint)?;
-    if std::fs::read_dir(&mp).is_ok_and(|mut d| d.next().is_some()) {
+    let mp = mount_point(&a.mountpoint)?;
+    // Refused before any warning about what the directory holds.
+    daemon::check_mountpoint(&mp).map_err(|e| Failure::Refused(e.to_string()))?;
+    // Said once (not again by the daemon `strata mount` starts), and not
+    // looked for under an automount trigger: listing it would fire the
+    // trigger, and systemd's mount job would wait on itself.
+    let started_by_mount = std::env::var_os(NOTIFY_ENV).is_some();
+    if !started_by_mount
+        && !daemon::is_automount_trigger(&mp)
+        && std::fs::read_dir(&mp).is_ok_and(|mut d| d.next().is_some())
+    {
         eprintln!(
             "strata: warning: {} is not empty; its files are hidden while the repository is mounted there",
             mp.display()
@@ -241,7 +268,7 @@ fn spawn_daemon(repo: &Path, mp: &Path, a: &MountArgs) -> CmdResult {
 }
 
 pub fn umount(a: UmountArgs) -> CmdResult {
-    let mp = absolute(&a.mountpoint)?;
+    let mp = mount_point(&a.mountpoint)?;
     let Some(repo) = daemon::mounted_repository(&mp) else {
         return Err(Failure::Refused(format!(
             "{} is not a strata mount",

@@ -30,6 +30,15 @@ strata snapshot create --all                     # every disk, together")]
         after_help = "Examples:\n  strata snapshot list vm1\n  strata snapshot list vm1 --json   # with each snapshot's content identity"
     )]
     List(ListArgs),
+    /// List a disk's bookmarks: what `send` left of each snapshot it sent
+    ///
+    /// A bookmark keeps a sent snapshot's block hashes (no data), so it
+    /// stays a base for `strata send --from DISK#NAME` after the snapshot
+    /// itself is deleted.
+    #[command(
+        after_help = "Examples:\n  strata snapshot bookmarks vm1\n  strata snapshot bookmarks vm1 --json"
+    )]
+    Bookmarks(ListArgs),
     /// Delete snapshots; every other snapshot and disk reads the same
     ///
     /// What no remaining image reads is given back at once; what a later
@@ -220,6 +229,30 @@ pub fn run(repo: &Path, cmd: SnapshotCommand) -> CmdResult {
                 );
                 output::table(&["BOOKMARK", "TAKEN"], &gone);
             }
+        }
+        SnapshotCommand::Bookmarks(a) => {
+            let req = Request::BookmarkList {
+                disk: a.disk.clone(),
+            };
+            let marks = match target.call(req, &mut |_, _| {})? {
+                Response::Bookmarks(b) => b,
+                r => return Err(unexpected(r)),
+            };
+            if a.json {
+                return output::json(&marks);
+            }
+            let rows: Vec<Vec<String>> = marks
+                .iter()
+                .map(|b| {
+                    vec![
+                        format!("{}#{}", a.disk, b.name),
+                        output::time(b.taken),
+                        format_size(b.size),
+                        if b.snapshot_exists { "yes" } else { "deleted" }.into(),
+                    ]
+                })
+                .collect();
+            output::table(&["BOOKMARK", "TAKEN", "SIZE", "SNAPSHOT"], &rows);
         }
         SnapshotCommand::Delete(a) => {
             let req = Request::SnapshotDelete {

@@ -11,6 +11,15 @@ use super::output::{self, Progress};
 use super::target::{unexpected, Target};
 use super::{parse_image_ref, CmdResult, Failure};
 
+/// A read rate: a size a second, more than nothing (leave `--rate` out for
+/// no limit).
+fn parse_rate(s: &str) -> Result<u64, String> {
+    match super::parse_size(s)? {
+        0 => Err("a rate of 0 would never finish; leave --rate out to read at full speed".into()),
+        n => Ok(n),
+    }
+}
+
 /// Arguments of `strata verify` (its help is on the command).
 #[derive(clap::Args)]
 #[command(
@@ -32,7 +41,7 @@ pub struct VerifyArgs {
     #[arg(long, value_name = "AGE", value_parser = parse_age)]
     older_than: Option<Duration>,
     /// Read at most this much a second (like 50M), to run beside a busy mount
-    #[arg(long, value_name = "SIZE", value_parser = super::parse_size)]
+    #[arg(long, value_name = "SIZE", value_parser = parse_rate)]
     rate: Option<u64>,
     /// Heal damaged blocks from this repository, a replica holding a
     /// snapshot with the same content (it must not be mounted)

@@ -307,11 +307,13 @@ impl Request {
             | Request::Send { .. }
             | Request::ReceiveStatus
             | Request::BookmarkList { .. }
-            | Request::Verify { .. }
             | Request::QuarantineList
             | Request::Status
             | Request::Unmount => false,
             Request::Prune { dry_run, .. } => !dry_run,
+            // Mending a damaged copy from its twin puts back what was
+            // stored; healing blocks from a replica writes layer data.
+            Request::Verify { repair_from, .. } => repair_from.is_some(),
             _ => true,
         }
     }
@@ -573,13 +575,19 @@ pub(crate) fn receive<T: DeserializeOwned>(stream: &UnixStream) -> io::Result<(T
     let mut buf = vec![0u8; len as usize];
     let mut r = stream;
     r.read_exact(&mut buf)?;
+    Ok((decode_message(&buf)?, fds))
+}
+
+/// Decodes one message's bytes (what follows its length): a message of
+/// another protocol version is named as such, never decoded as this one.
+pub fn decode_message<T: DeserializeOwned>(buf: &[u8]) -> io::Result<T> {
     // The version leads the envelope, so it decodes whatever follows.
-    let version = postcard::take_from_bytes::<u32>(&buf)
+    let version = postcard::take_from_bytes::<u32>(buf)
         .map(|(v, _)| v)
         .unwrap_or(0);
     if version != PROTOCOL_VERSION {
         // Since protocol 5 the sender's strata version comes next.
-        let strata = postcard::take_from_bytes::<(u32, String)>(&buf)
+        let strata = postcard::take_from_bytes::<(u32, String)>(buf)
             .ok()
             .filter(|_| version >= 5)
             .map(|((_, s), _)| s);
@@ -591,8 +599,34 @@ pub(crate) fn receive<T: DeserializeOwned>(stream: &UnixStream) -> io::Result<(T
             },
         ));
     }
-    let body = postcard::from_bytes::<Envelope<T>>(&buf)
+    postcard::from_bytes::<Envelope<T>>(buf)
         .map(|e| e.body)
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-    Ok((body, fds))
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The control fuzz target's seeds (fuzz/make-seeds writes them by
+    /// hand, byte by byte) are messages of the current protocol: a change
+    /// to a message that moves them shows here.
+    #[test]
+    fn the_fuzz_seeds_are_real_messages() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/control");
+        let mut seen = 0;
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let path = e.unwrap().path();
+            let bytes = std::fs::read(&path).unwrap();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            let version = if name.starts_with("response-") {
+                postcard::from_bytes::<Envelope<Response>>(&bytes).map(|e| e.version)
+            } else {
+                postcard::from_bytes::<Envelope<Request>>(&bytes).map(|e| e.version)
+            };
+            assert_eq!(version.ok(), Some(PROTOCOL_VERSION), "{name}");
+            seen += 1;
+        }
+        assert!(seen >= 8, "{seen} seeds in {}", dir.display());
+    }
 }

@@ -79,14 +79,21 @@ pub fn run(
         source,
     };
     // Root mounts directly; anyone else through the setuid fusermount3.
-    let (session, unmounter) = if sys::effective_uid() == 0 {
-        let mut session = Session::new(fs, mountpoint, &config).map_err(mount_err)?;
-        let unmounter = Unmounter::Session(Mutex::new(session.unmount_callable()), mp.clone());
-        (session, unmounter)
+    // Either way the mount is strata's: fuser serves its descriptor and
+    // never unmounts it (see [`Unmounter`]).
+    let (fd, unmounter) = if sys::effective_uid() == 0 {
+        let fd = mount_direct(mountpoint, &config, opts.read_only).map_err(mount_err)?;
+        (fd, Unmounter::Direct(mp.clone()))
     } else {
         let fd = fusermount_open(mountpoint, &config).map_err(mount_err)?;
-        let session = Session::from_fd(fs, fd, config.acl, config.clone()).map_err(mount_err)?;
-        (session, Unmounter::Fusermount(mp.clone()))
+        (fd, Unmounter::Fusermount(mp.clone()))
+    };
+    let session = match Session::from_fd(fs, fd, config.acl, config.clone()) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = unmounter.unmount();
+            return Err(mount_err(e));
+        }
     };
     let unmounter = Arc::new(unmounter);
     keeper.start(session.notifier());
@@ -165,10 +172,10 @@ pub fn run(
 
 /// How this daemon's mount is taken down.
 enum Unmounter {
-    /// Mounted directly (root). Unmounted here first: fuser's unmounter
-    /// forgets its mount after one failed try, so a busy mount (a loop
-    /// device attached) could never be unmounted by a later request.
-    Session(Mutex<fuser::SessionUnmounter>, PathBuf),
+    /// Mounted directly (root, [`mount_direct`]): unmounted by one
+    /// umount(2) of the mount point, when asked, as often as asked (a busy
+    /// mount, a loop device attached, may be unmounted by a later request).
+    Direct(PathBuf),
     /// Mounted by fusermount3: only fusermount3 may unmount it.
     Fusermount(PathBuf),
 }
@@ -176,16 +183,49 @@ enum Unmounter {
 impl Unmounter {
     fn unmount(&self) -> io::Result<()> {
         match self {
-            Unmounter::Session(u, mp) => {
-                sys::umount(mp)?;
-                // Unmounted: fuser has only to let go of its record (its
-                // own try, racing the kernel's teardown, may say EINVAL).
-                let _ = u.lock().unmount();
-                Ok(())
-            }
+            Unmounter::Direct(mp) => sys::umount(mp),
             Unmounter::Fusermount(mp) => fusermount(&["-u"], mp),
         }
     }
+}
+
+/// Mounts the file system at `mp` as root: opens `/dev/fuse` and calls
+/// mount(2) with what fuser would pass (and [`fusermount_options`] says
+/// to fusermount3), returning the descriptor to serve. Not through fuser's
+/// own mount, for two reasons. It opens the mount point to read its mode,
+/// which fires an automount trigger there (systemd's mount job would then
+/// wait on itself); `stat` does not. And a session that mounted unmounts
+/// when it ends, by path, with a check that races the kernel's teardown:
+/// once strata's mount is gone that path names what the mount covered (an
+/// automount trigger), which it would unmount too.
+fn mount_direct(mp: &Path, config: &Config, read_only: bool) -> io::Result<OwnedFd> {
+    use std::os::unix::fs::MetadataExt;
+    let mode = std::fs::metadata(mp)?.mode();
+    let dev: OwnedFd = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")?
+        .into();
+    let mut data = format!(
+        "fd={},rootmode={mode:o},user_id={},group_id={},default_permissions",
+        dev.as_raw_fd(),
+        sys::effective_uid(),
+        sys::effective_gid(),
+    );
+    if config.acl != SessionACL::Owner {
+        // allow_root too: fuser refuses other users itself.
+        data.push_str(",allow_other");
+    }
+    let source = config
+        .mount_options
+        .iter()
+        .find_map(|o| match o {
+            MountOption::FSName(s) => Some(s.as_str()),
+            _ => None,
+        })
+        .unwrap_or("strata");
+    sys::mount_fuse(source, mp, &data, read_only)?;
+    Ok(dev)
 }
 
 /// Has the setuid `fusermount3` mount `mp` and hand over the `/dev/fuse`
@@ -316,7 +356,10 @@ pub fn session_config(source: &str, opts: &MountOptions) -> Config {
     config
 }
 
-fn check_mountpoint(mp: &Path) -> Result<(), DaemonError> {
+/// Refuses a mount point that is not a directory, is a dead mount, or has
+/// another file system mounted on it. `mp` must be canonical (symlinks
+/// resolved): mountinfo names mount points that way.
+pub fn check_mountpoint(mp: &Path) -> Result<(), DaemonError> {
     match std::fs::metadata(mp) {
         Ok(md) if md.is_dir() => not_mounted_over(mp).map_err(DaemonError::MountedOver),
         Ok(_) => Err(DaemonError::MountPoint {
@@ -427,6 +470,12 @@ fn not_mounted_over(mp: &Path) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Whether an automount trigger (autofs, as systemd's automount units make)
+/// is what is mounted at `mp`.
+pub fn is_automount_trigger(mp: &Path) -> bool {
+    mount_entry(mp).is_some_and(|e| e.fstype == "autofs")
 }
 
 fn mount_device(mp: &Path) -> Option<String> {

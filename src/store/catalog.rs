@@ -827,10 +827,11 @@ impl CatalogFile {
 
     /// Puts right what [`CatalogFile::open`] found: mends damaged copies and
     /// cuts off a torn, never acknowledged last record. Kept apart from
-    /// reading, so that an open that is refused changes nothing.
-    pub fn settle(&mut self) -> Result<()> {
+    /// reading, so that an open that is refused changes nothing. Says
+    /// whether it mended a damaged copy.
+    pub fn settle(&mut self) -> Result<bool> {
         let Some((repairs, torn)) = self.pending.take() else {
-            return Ok(());
+            return Ok(false);
         };
         format::apply_repairs(self.storage.as_ref(), &self.path, &repairs)?;
         if torn > 0 {
@@ -844,7 +845,7 @@ impl CatalogFile {
                 .and_then(|_| self.file.sync_data())
                 .map_err(StoreError::io(&self.path))?;
         }
-        Ok(())
+        Ok(!repairs.is_empty())
     }
 
     /// Makes `changes` durable: one appended record.

@@ -367,6 +367,14 @@ impl Disk {
         Ok(present)
     }
 
+    /// Runs `f` with the journal held still: nothing is appended to it or
+    /// rewritten meanwhile (how `verify` reads and mends it while the disk
+    /// is written).
+    pub(crate) fn with_journal_held<T>(&self, f: impl FnOnce() -> T) -> T {
+        let _j = self.journal.lock();
+        f()
+    }
+
     /// Syncs the live layer's data without holding up writers: the bulk of
     /// what a snapshot must make durable, done before it takes the locks.
     pub(crate) fn sync_data(&self) -> Result<()> {

@@ -118,7 +118,7 @@ use storage::{EntryKind, LocalStorage, LockOutcome, Storage};
 use crate::sys;
 
 pub const REPO_FILE: &str = "strata.repo";
-const CATALOG_FILE: &str = "catalog";
+pub(crate) const CATALOG_FILE: &str = "catalog";
 const LOCK_FILE: &str = "lock";
 /// Layer files, as intents name them.
 type FileList = Vec<(LayerId, LayerFileKind)>;
@@ -239,6 +239,9 @@ struct Inner {
     stale_bases: std::sync::atomic::AtomicBool,
     listeners: Mutex<Vec<Listener>>,
     notices: Vec<String>,
+    /// Metadata files whose damaged copy opening the repository mended,
+    /// for the next `verify` to report.
+    mended: Mutex<Vec<String>>,
 }
 
 struct CatalogState {
@@ -644,12 +647,18 @@ impl Repository {
         // Refusals come first: until here nothing was written.
         let reconciled = recovery::reconcile(st, root, &paths, &cat)?;
         format::apply_repairs(st, &repo_file, &doc.repairs)?;
+        let mut mended = Vec::new();
+        if !doc.repairs.is_empty() {
+            mended.push(REPO_FILE.to_string());
+        }
         if doc.version < format::FORMAT_VERSION {
             // Version 2 files read as they are (format::v2): only the
             // header says the repository is now newer.
             upgrade::header(st, &paths.tmp, &repo_file, doc.version, &header)?;
         }
-        file.settle()?;
+        if file.settle()? {
+            mended.push(CATALOG_FILE.to_string());
+        }
         // Intents left by a crash are done with (recovery has dealt with
         // their files), and a catalog from before usage was kept gets it.
         let missing = cat.missing_usage(today());
@@ -696,6 +705,7 @@ impl Repository {
                 stale_bases: Default::default(),
                 listeners: Mutex::new(Vec::new()),
                 notices: reconciled.notices,
+                mended: Mutex::new(mended),
             }),
         };
         repo.ensure_reserve();
@@ -1195,6 +1205,11 @@ impl Repository {
         self.inner.stale_bases.store(true, SeqCst);
         self.inner.relaid.fetch_add(1, SeqCst);
         self.forget_maps();
+    }
+
+    /// The metadata files opening the repository mended (each said once).
+    pub(crate) fn take_mended_at_open(&self) -> Vec<String> {
+        std::mem::take(&mut *self.inner.mended.lock())
     }
 
     /// Whether tidy would find nothing to do: no frozen layer that no

@@ -17,8 +17,8 @@ use crate::store::identity::{Hash, Identity};
 use crate::store::names::{DiskName, SnapName, SnapshotRef};
 use crate::store::Repository;
 
-const BOOKMARK_DIR: &str = "bookmarks";
-const MAGIC_BOOKMARK: [u8; 8] = *b"STRATBMK";
+pub(crate) const BOOKMARK_DIR: &str = "bookmarks";
+pub(crate) const MAGIC_BOOKMARK: [u8; 8] = *b"STRATBMK";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Bookmark {

@@ -28,8 +28,8 @@ use crate::store::ops::send::ResumeToken;
 use crate::store::stream::{Begin, Reader, Record, StreamError};
 use crate::store::{Event, Repository};
 
-const STAGING_DIR: &str = "receiving";
-const MAGIC_RECEIVE: [u8; 8] = *b"STRATRCV";
+pub(crate) const STAGING_DIR: &str = "receiving";
+pub(crate) const MAGIC_RECEIVE: [u8; 8] = *b"STRATRCV";
 /// Data received between two checkpoints.
 const CHECKPOINT_BYTES: u64 = 256 << 20;
 
