@@ -570,3 +570,181 @@ fn deep_chain_reads_match() {
         check_image(&img, image, snap.as_str(), 12345);
     }
 }
+
+/// A sequence the model found in CI (2026-12-04, shrunk by proptest): a
+/// full snapshot that stored more than its blocks.
+#[test]
+fn found_in_ci_full_snapshot_stores_no_more_than_its_blocks() {
+    use Op::*;
+    run(
+        0,
+        vec![
+            Grow { disk: 0, blocks: 1 },
+            Write {
+                disk: 0,
+                at: 0,
+                len: 1,
+                seed: 0,
+            },
+            Write {
+                disk: 0,
+                at: 40483,
+                len: 23473,
+                seed: 1,
+            },
+            Snapshot {
+                disk: 0,
+                full: false,
+            },
+            Write {
+                disk: 0,
+                at: 19711,
+                len: 1,
+                seed: 1,
+            },
+            Write {
+                disk: 0,
+                at: 0,
+                len: 1,
+                seed: 1,
+            },
+            Write {
+                disk: 0,
+                at: 47305,
+                len: 16385,
+                seed: 1,
+            },
+            Write {
+                disk: 0,
+                at: 22101,
+                len: 5709,
+                seed: 1,
+            },
+            Snapshot {
+                disk: 0,
+                full: false,
+            },
+            Write {
+                disk: 0,
+                at: 43363,
+                len: 20481,
+                seed: 1,
+            },
+            Flush { disk: 0 },
+            Write {
+                disk: 0,
+                at: 0,
+                len: 1089,
+                seed: 140,
+            },
+            Delete { snaps: vec![41, 7] },
+            Write {
+                disk: 13,
+                at: 16212,
+                len: 9580,
+                seed: 7,
+            },
+            Delete {
+                snaps: vec![23, 61, 34],
+            },
+            Snapshot {
+                disk: 32,
+                full: false,
+            },
+            MakeFull { snap: 4 },
+            Snapshot {
+                disk: 63,
+                full: true,
+            },
+            Snapshot {
+                disk: 57,
+                full: false,
+            },
+            Clone { snap: 57 },
+            Write {
+                disk: 38,
+                at: 59098,
+                len: 11772,
+                seed: 180,
+            },
+            Write {
+                disk: 23,
+                at: 17825,
+                len: 917,
+                seed: 168,
+            },
+            Flush { disk: 2 },
+            Write {
+                disk: 17,
+                at: 28898,
+                len: 6219,
+                seed: 172,
+            },
+            Write {
+                disk: 32,
+                at: 59630,
+                len: 21332,
+                seed: 96,
+            },
+            Write {
+                disk: 41,
+                at: 40198,
+                len: 16809,
+                seed: 43,
+            },
+            Write {
+                disk: 6,
+                at: 12506,
+                len: 8471,
+                seed: 250,
+            },
+            RenameSnapshot { snap: 24 },
+            Write {
+                disk: 10,
+                at: 60257,
+                len: 21450,
+                seed: 47,
+            },
+            Delete {
+                snaps: vec![34, 54, 32],
+            },
+            Hold { snap: 26 },
+            Discard {
+                disk: 61,
+                at: 63414,
+                len: 16146,
+            },
+            Write {
+                disk: 36,
+                at: 50887,
+                len: 22688,
+                seed: 48,
+            },
+            Snapshot {
+                disk: 20,
+                full: false,
+            },
+            Clone { snap: 18 },
+            Write {
+                disk: 7,
+                at: 36621,
+                len: 2414,
+                seed: 123,
+            },
+            Gc,
+            Write {
+                disk: 56,
+                at: 32416,
+                len: 16200,
+                seed: 120,
+            },
+            MakeFull { snap: 6 },
+            Write {
+                disk: 39,
+                at: 38289,
+                len: 22490,
+                seed: 39,
+            },
+        ],
+    );
+}

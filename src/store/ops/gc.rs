@@ -7,6 +7,7 @@ use crate::store::catalog::IntentKind;
 use crate::store::error::{Result, StoreError};
 use crate::store::extents::ExtentSet;
 use crate::store::layer;
+use crate::store::names::LayerId;
 use crate::store::Repository;
 
 use super::tidy::geometry;
@@ -54,10 +55,13 @@ impl Repository {
     }
 
     /// Punches what frozen layers' data files hold outside their indexes
-    /// (left by a crash); returns the bytes given back.
+    /// (left by a crash, or by blocks a layer wrote and then no longer
+    /// held); returns the bytes given back. What each such layer stores is
+    /// then recorded anew, so the sizes listed are what the files hold.
     fn sweep(&self) -> Result<u64> {
         let cat = self.catalog();
         let mut freed = 0;
+        let mut shrunk = Vec::new();
         for (&id, l) in cat.layers.iter().filter(|(_, l)| l.frozen.is_some()) {
             let geo = geometry(&cat, id);
             let idx = layer::read_index(&self.inner.files, id, geo)?;
@@ -83,7 +87,13 @@ impl Repository {
                     for (r, inside) in named.segments(start / bs..end.div_ceil(bs)) {
                         if !inside {
                             let from = (r.start * bs).max(start);
-                            let to = (r.end * bs).min(end);
+                            // The last, partial block is punched whole
+                            // (see tidy's punch).
+                            let to = if end >= len {
+                                r.end * bs
+                            } else {
+                                (r.end * bs).min(end)
+                            };
                             if from < to {
                                 f.punch_hole(from, to - from)
                                     .map_err(StoreError::io(&path))?;
@@ -96,8 +106,25 @@ impl Repository {
                 if punched {
                     f.sync_data().map_err(StoreError::io(&path))?;
                     freed += before.saturating_sub(f.allocated_bytes().unwrap_or(before));
+                    shrunk.push(id);
                 }
             }
+        }
+        shrunk.dedup();
+        if !shrunk.is_empty() {
+            let stored: Vec<(LayerId, u64)> = shrunk
+                .iter()
+                .filter_map(|id| Some((*id, self.allocated_files(&cat.layers.get(id)?.files))))
+                .collect();
+            self.commit(|c| {
+                for (id, bytes) in &stored {
+                    if let Some(f) = c.layers.get_mut(id).and_then(|l| l.frozen.as_mut()) {
+                        f.stored_bytes = *bytes;
+                    }
+                }
+                Ok(())
+            })
+            .map_err(|e| e.into_inner())?;
         }
         Ok(freed)
     }

@@ -410,8 +410,11 @@ impl Repository {
                 .find(|l| l.files.contains(file))
                 .map_or(0, |l| l.block_size) as u64;
             for r in blocks.runs() {
-                let (start, end) = ((r.start * bs).min(len), (r.end * bs).min(len));
-                if start < end {
+                // A disk whose size is not a multiple of the host's block
+                // ends in a partial block: punched whole (past the end, the
+                // size kept), or it stays allocated.
+                let (start, end) = ((r.start * bs).min(len), r.end * bs);
+                if start < end.min(len) {
                     f.punch_hole(start, end - start)
                         .map_err(StoreError::io(&path))?;
                 }
