@@ -80,7 +80,6 @@ mod upgrade;
 pub mod vhd;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -122,8 +121,13 @@ pub(crate) const CATALOG_FILE: &str = "catalog";
 const LOCK_FILE: &str = "lock";
 /// Layer files, as intents name them.
 type FileList = Vec<(LayerId, LayerFileKind)>;
-/// Owner maps of snapshot images kept built.
-const MAP_CACHE: usize = 64;
+/// Bytes of owner maps kept built for snapshot images not open (an open
+/// image holds its own): a budget in bytes, not a count of maps, so a
+/// thousand deep images of a terabyte disk keep the daemon small.
+const MAP_CACHE_BYTES: usize = 64 << 20;
+/// What one run of an owner map costs in memory, B-tree nodes included
+/// (a key and a value of 32 bytes, nodes about two thirds full).
+const MAP_RUN_BYTES: usize = 48;
 /// A snapshot's data sync this quick means little was left to write, and
 /// the one under the writer lock will be as quick.
 const PRESYNC_SETTLED: std::time::Duration = std::time::Duration::from_millis(5);
@@ -223,7 +227,7 @@ struct Inner {
     catalog: Mutex<CatalogState>,
     files: Arc<LayerFiles>,
     disks: Mutex<HashMap<DiskName, Arc<Disk>>>,
-    maps: Mutex<LruCache<LayerId, Arc<ImageMap>>>,
+    maps: Mutex<MapCache>,
     /// Content identities computed so far, by the frozen layer whose image
     /// they are (that image never changes).
     identities: Mutex<HashMap<LayerId, identity::Identity>>,
@@ -390,6 +394,56 @@ fn index_by_layer(cat: &Catalog) -> LayerNames {
                 .map(move |(s, r)| (r.layer, (d.clone(), s.clone())))
         })
         .collect()
+}
+
+/// Owner maps by the layer whose image they are, least recently used first
+/// out once together they pass a budget in bytes (the newest always stays).
+pub(crate) struct MapCache {
+    lru: LruCache<LayerId, Arc<ImageMap>>,
+    bytes: usize,
+    budget: usize,
+}
+
+impl MapCache {
+    fn new(budget: usize) -> MapCache {
+        MapCache {
+            lru: LruCache::unbounded(),
+            bytes: 0,
+            budget,
+        }
+    }
+
+    fn weight(m: &ImageMap) -> usize {
+        m.map.len() * MAP_RUN_BYTES + std::mem::size_of::<ImageMap>()
+    }
+
+    fn get(&mut self, id: &LayerId) -> Option<&Arc<ImageMap>> {
+        self.lru.get(id)
+    }
+
+    fn put(&mut self, id: LayerId, m: Arc<ImageMap>) {
+        self.bytes += Self::weight(&m);
+        if let Some(old) = self.lru.put(id, m) {
+            self.bytes -= Self::weight(&old);
+        }
+        while self.bytes > self.budget && self.lru.len() > 1 {
+            match self.lru.pop_lru() {
+                Some((_, old)) => self.bytes -= Self::weight(&old),
+                None => break,
+            }
+        }
+    }
+
+    pub(crate) fn pop(&mut self, id: &LayerId) {
+        if let Some(old) = self.lru.pop(id) {
+            self.bytes -= Self::weight(&old);
+        }
+    }
+
+    fn clear(&mut self) {
+        self.lru.clear();
+        self.bytes = 0;
+    }
 }
 
 /// A frozen chain's owner map, and whether one data file alone is its image.
@@ -696,9 +750,7 @@ impl Repository {
                 files: Arc::new(files),
                 disks: Mutex::new(HashMap::new()),
                 identities: Mutex::new(HashMap::new()),
-                maps: Mutex::new(LruCache::new(
-                    NonZeroUsize::new(MAP_CACHE).unwrap_or(NonZeroUsize::MIN),
-                )),
+                maps: Mutex::new(MapCache::new(MAP_CACHE_BYTES)),
                 structure: Mutex::new(()),
                 views: Arc::new(Views::default()),
                 relaid: Default::default(),
