@@ -66,6 +66,8 @@ pub fn run(
     ready: impl FnOnce(&[String]),
 ) -> Result<(), DaemonError> {
     check_mountpoint(mountpoint)?;
+    // Before any worker thread starts (see the function).
+    sys::limit_malloc_arenas(2);
     let repo = Arc::new(Repository::open(repo)?);
     let mut fs = StrataFs::new(repo.clone(), opts.read_only);
     fs.set_checked(opts.checked);
