@@ -194,7 +194,7 @@ impl StrataFs {
     /// When the directories of disk `d` were made: the disk's creation, or
     /// for a deleted disk whose snapshots remain, its first snapshot.
     fn dir_time(&self, d: &DiskName) -> Result<SystemTime, Errno> {
-        if let Ok(info) = self.repo.disk_info(d) {
+        if let Ok(info) = self.repo.live_info(d) {
             return Ok(from_ns(info.created));
         }
         let snaps = self.repo.snapshots(d).map_err(|e| errno(&e))?;
@@ -267,14 +267,14 @@ impl StrataFs {
             }
             Node::Live(id) => {
                 let info = match self.repo.disk_name_of(*id) {
-                    Some(name) => self.repo.disk_info(&name).map_err(|e| errno(&e))?,
+                    Some(name) => self.repo.live_info(&name).map_err(|e| errno(&e))?,
                     // Deleted (forced) while open: it answers for itself.
                     None => {
                         let open = open.cloned().or_else(|| self.open_of(node));
                         let Some(Open::Live { disk, .. }) = open.as_deref() else {
                             return Err(Errno::ENOENT);
                         };
-                        crate::store::DiskInfo {
+                        crate::store::LiveInfo {
                             size: disk.size(),
                             live_bytes: disk.live_stored_bytes().map_err(|e| errno(&e))?,
                             ..Default::default()
@@ -333,7 +333,7 @@ impl StrataFs {
         let node = match parent {
             Node::Root => Node::DiskDir(DiskName::parse(name).map_err(|_| Errno::ENOENT)?),
             Node::DiskDir(d) if name == LIVE_NAME => {
-                let info = self.repo.disk_info(d).map_err(|e| errno(&e))?;
+                let info = self.repo.live_info(d).map_err(|e| errno(&e))?;
                 Node::Live(info.id)
             }
             Node::DiskDir(d) if name == SNAP_DIR => Node::SnapDir(d.clone()),
@@ -399,7 +399,7 @@ impl StrataFs {
             Node::DiskDir(d) => {
                 let mut v = vec![dot(node), dotdot(Node::Root)];
                 // A deleted disk's directory keeps only its snapshots.
-                if let Ok(info) = self.repo.disk_info(d) {
+                if let Ok(info) = self.repo.live_info(d) {
                     v.push((Node::Live(info.id), FileType::RegularFile, LIVE_NAME.into()));
                 }
                 v.push((
