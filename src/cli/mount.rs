@@ -143,6 +143,10 @@ pub fn mount(repo: Option<PathBuf>, a: MountArgs) -> CmdResult {
         Some(p) => p,
         None => Repository::default_path()?,
     })?;
+    let mp = mount_point(&a.mountpoint)?;
+    // Refused before anything is created, and before any warning about
+    // what the directory holds.
+    daemon::check_mountpoint(&mp).map_err(|e| Failure::Refused(e.to_string()))?;
     let fresh = match std::fs::read_dir(&repo) {
         Ok(mut d) => d.next().is_none(),
         Err(e) => e.kind() == std::io::ErrorKind::NotFound,
@@ -151,9 +155,6 @@ pub fn mount(repo: Option<PathBuf>, a: MountArgs) -> CmdResult {
         drop(Repository::init(&repo)?);
         eprintln!("created repository {}", repo.display());
     }
-    let mp = mount_point(&a.mountpoint)?;
-    // Refused before any warning about what the directory holds.
-    daemon::check_mountpoint(&mp).map_err(|e| Failure::Refused(e.to_string()))?;
     // Said once (not again by the daemon `strata mount` starts), and not
     // looked for under an automount trigger: listing it would fire the
     // trigger, and systemd's mount job would wait on itself.
