@@ -9,6 +9,7 @@
 //! is bookkeeping no image depends on.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -18,6 +19,7 @@ use crate::store::format::{self, MAGIC_CATALOG, MAGIC_INDEX, MAGIC_LOG};
 use crate::store::layer;
 use crate::store::names::{ImageRef, LayerId};
 use crate::store::ops::tidy::geometry;
+use crate::store::storage::{EntryKind, Storage};
 use crate::store::Repository;
 
 const VERIFIED_FILE: &str = "verified";
@@ -86,6 +88,32 @@ pub struct VerifyReport {
 impl VerifyReport {
     pub fn intact(&self) -> bool {
         self.damaged.is_empty() && self.unreadable.is_empty()
+    }
+}
+
+/// What checking the copies of the metadata file `path` found: mends the
+/// damaged ones from their twins (`copies` lists them) and names the file,
+/// relative to `root`, in `mended`; or says in `unreadable` why it cannot
+/// be read. Returns whether it can.
+fn mend(
+    st: &dyn Storage,
+    root: &Path,
+    path: &Path,
+    copies: Result<Vec<format::Repair>>,
+    report: &mut VerifyReport,
+) -> Result<bool> {
+    match copies {
+        Ok(repairs) if !repairs.is_empty() => {
+            format::apply_repairs(st, path, &repairs)?;
+            let name = path.strip_prefix(root).unwrap_or(path);
+            report.mended.push(name.display().to_string());
+            Ok(true)
+        }
+        Ok(_) => Ok(true),
+        Err(e) => {
+            report.unreadable.push(e.to_string());
+            Ok(false)
+        }
     }
 }
 
@@ -173,37 +201,28 @@ impl Repository {
         Ok(report)
     }
 
-    /// Reads back the catalog, every live layer's journal, the bookmarks
-    /// and the receive states, each while nothing writes it, and checks
-    /// every copy of every record; a damaged copy is mended from its twin
-    /// (and said in `mended`), damage past mending is said in `unreadable`.
+    /// Reads back the header, the catalog, every live layer's journal, the
+    /// bookmarks, the receive states and the verify record, each while
+    /// nothing writes it, and checks every copy of every record; a damaged
+    /// copy is mended from its twin (and said in `mended`), damage past
+    /// mending is said in `unreadable`.
     fn verify_metadata(&self, report: &mut VerifyReport) -> Result<()> {
         let st = self.inner.storage.as_ref();
         let root = self.path().to_owned();
-        let name = |p: &std::path::Path| p.strip_prefix(&root).unwrap_or(p).display().to_string();
-        let check_log = |path: &std::path::Path, magic, report: &mut VerifyReport| {
-            let parsed = st
-                .read(path)
+        let doc = |path: &Path, magic| format::read_doc(st, path, magic).map(|d| d.repairs);
+        let log = |path: &Path, magic| {
+            st.read(path)
                 .map_err(StoreError::io(path))
-                .and_then(|bytes| format::parse_log(path, magic, &bytes));
-            match parsed {
-                Ok(log) if !log.repairs.is_empty() => {
-                    format::apply_repairs(st, path, &log.repairs)?;
-                    report.mended.push(name(path));
-                }
-                Ok(_) => {}
-                Err(e) => report.unreadable.push(e.to_string()),
-            }
-            Ok::<_, StoreError>(())
+                .and_then(|bytes| format::parse_log(path, magic, &bytes))
+                .map(|l| l.repairs)
         };
+        let header = root.join(crate::store::REPO_FILE);
+        mend(st, &root, &header, doc(&header, format::MAGIC_REPO), report)?;
         {
             // Commits append under this lock.
             let _c = self.inner.catalog.lock();
-            check_log(
-                &root.join(crate::store::CATALOG_FILE),
-                MAGIC_CATALOG,
-                report,
-            )?;
+            let path = root.join(crate::store::CATALOG_FILE);
+            mend(st, &root, &path, log(&path, MAGIC_CATALOG), report)?;
         }
         let lives: Vec<_> = self
             .catalog()
@@ -217,15 +236,17 @@ impl Repository {
             match disks.get(&disk).cloned() {
                 Some(d) if d.live_id() == live => {
                     drop(disks);
-                    d.with_journal_held(|| check_log(&path, MAGIC_LOG, report))?;
+                    d.with_journal_held(|| mend(st, &root, &path, log(&path, MAGIC_LOG), report))?;
                 }
                 // Not open: held closed while it is read.
-                None => check_log(&path, MAGIC_LOG, report)?,
+                None => {
+                    mend(st, &root, &path, log(&path, MAGIC_LOG), report)?;
+                }
                 // A snapshot has moved it on since: the next verify looks.
                 Some(_) => {}
             }
         }
-        let mut docs: Vec<(std::path::PathBuf, [u8; 8])> = Vec::new();
+        let mut docs: Vec<(PathBuf, [u8; 8])> = Vec::new();
         for (dir, magic, file) in [
             (
                 crate::store::ops::bookmark::BOOKMARK_DIR,
@@ -238,32 +259,22 @@ impl Repository {
                 Some("state"),
             ),
         ] {
-            let Ok(entries) = std::fs::read_dir(root.join(dir)) else {
+            let Ok(names) = st.read_dir(&root.join(dir)) else {
                 continue;
             };
-            for e in entries.flatten() {
+            for n in names.iter().filter(|n| !format::is_scratch_name(n)) {
                 let p = match file {
-                    Some(f) => e.path().join(f),
-                    None => e.path(),
+                    Some(f) => root.join(dir).join(n).join(f),
+                    None => root.join(dir).join(n),
                 };
-                if p.is_file() && !format::is_scratch_name(&e.file_name().to_string_lossy()) {
-                    docs.push((p, magic));
-                }
+                docs.push((p, magic));
             }
         }
-        let verified = root.join(VERIFIED_FILE);
-        if verified.is_file() {
-            docs.push((verified, MAGIC_VERIFIED));
-        }
+        docs.push((root.join(VERIFIED_FILE), MAGIC_VERIFIED));
         docs.sort();
         for (path, magic) in docs {
-            match format::read_doc(st, &path, magic) {
-                Ok(doc) if !doc.repairs.is_empty() => {
-                    format::apply_repairs(st, &path, &doc.repairs)?;
-                    report.mended.push(name(&path));
-                }
-                Ok(_) => {}
-                Err(e) => report.unreadable.push(e.to_string()),
+            if matches!(st.kind(&path), Ok(Some(EntryKind::File))) {
+                mend(st, &root, &path, doc(&path, magic), report)?;
             }
         }
         Ok(())
@@ -283,16 +294,6 @@ impl Repository {
         self.verify_metadata(&mut report)?;
         let mut verified = self.read_verified();
         verified.repo = self.inner.files.repo_id();
-        // The repository's header: both copies.
-        let header = self.path().join(crate::store::REPO_FILE);
-        match format::read_doc(st, &header, format::MAGIC_REPO) {
-            Ok(doc) if !doc.repairs.is_empty() => {
-                format::apply_repairs(st, &header, &doc.repairs)?;
-                report.mended.push(crate::store::REPO_FILE.into());
-            }
-            Ok(_) => {}
-            Err(e) => report.unreadable.push(e.to_string()),
-        }
         let mut layers = self.layers_to_verify(opts)?;
         if let Some(age) = opts.older_than {
             let before = layers.len() as u64;
@@ -306,16 +307,9 @@ impl Repository {
         for &id in &layers {
             let geo = geometry(&cat, id);
             let path = self.inner.paths.index(id);
-            match format::read_doc(st, &path, MAGIC_INDEX) {
-                Ok(doc) if !doc.repairs.is_empty() => {
-                    format::apply_repairs(st, &path, &doc.repairs)?;
-                    report.mended.push(format!("layers/{id}.idx"));
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    report.unreadable.push(e.to_string());
-                    continue;
-                }
+            let copies = format::read_doc(st, &path, MAGIC_INDEX).map(|d| d.repairs);
+            if !mend(st, self.path(), &path, copies, &mut report)? {
+                continue;
             }
             match layer::read_index(&self.inner.files, id, geo) {
                 Ok(idx) => indexes.push((id, geo, idx)),
