@@ -969,18 +969,15 @@ impl Repository {
     }
 
     pub fn disk_info(&self, name: &DiskName) -> Result<DiskInfo> {
-        let live = self.live_info(name)?;
-        let (block_size, snaps_bytes, count) = {
-            let state = self.inner.catalog.lock();
-            let cat = &state.cat;
-            let block_size = cat.disks.get(name).map_or(0, |d| d.block_size);
-            let layers: Vec<LayerId> = cat
+        let (live, (block_size, snaps_bytes, count)) = self.live_info_and(name, |state, rec| {
+            let layers: Vec<LayerId> = state
+                .cat
                 .snapshots
                 .get(name)
                 .map(|m| m.values().map(|s| s.layer).collect())
                 .unwrap_or_default();
-            (block_size, state.stored(&layers), layers.len() as u64)
-        };
+            (rec.block_size, state.stored(&layers), layers.len() as u64)
+        })?;
         Ok(DiskInfo {
             name: name.to_string(),
             size: live.size,
@@ -995,7 +992,17 @@ impl Repository {
 
     /// See [`LiveInfo`].
     pub fn live_info(&self, name: &DiskName) -> Result<LiveInfo> {
-        let (rec, held) = {
+        self.live_info_and(name, |_, _| ()).map(|(live, ())| live)
+    }
+
+    /// The disk's [`LiveInfo`], and what `more` finds in the catalog as it
+    /// was then (one look at it for both).
+    fn live_info_and<T>(
+        &self,
+        name: &DiskName,
+        more: impl FnOnce(&CatalogState, &catalog::DiskRecord) -> T,
+    ) -> Result<(LiveInfo, T)> {
+        let (rec, held, extra) = {
             let state = self.inner.catalog.lock();
             let rec = state
                 .cat
@@ -1004,7 +1011,8 @@ impl Repository {
                 .cloned()
                 .ok_or_else(|| StoreError::NoSuchDisk(name.clone()))?;
             let held = state.stored(&state.held_below(rec.live));
-            (rec, held)
+            let extra = more(&state, &rec);
+            (rec, held, extra)
         };
         let open = self.inner.disks.lock().get(name).cloned();
         let live = match open {
@@ -1020,12 +1028,13 @@ impl Repository {
         };
         // What it holds that no remaining snapshot does: its live layer, and
         // the layers of deleted snapshots only it still reads.
-        Ok(LiveInfo {
+        let info = LiveInfo {
             size: rec.size,
             live_bytes: live + held,
             created: rec.created,
             id: rec.id,
-        })
+        };
+        Ok((info, extra))
     }
 
     /// The name of the disk whose id is `id`, if it still exists (how the
