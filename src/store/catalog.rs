@@ -863,6 +863,18 @@ impl CatalogFile {
         Ok(())
     }
 
+    /// Makes what `cat` changed since it was last settled durable, in one
+    /// record; if that fails, puts `cat` back as it was (`counters` are its
+    /// counters from before the changes). The caller settles `cat` after.
+    pub fn commit_touched(
+        &mut self,
+        cat: &mut Catalog,
+        counters: Counters,
+    ) -> Result<(), CommitError> {
+        self.commit(cat.changes())
+            .inspect_err(|_| cat.rollback(counters))
+    }
+
     /// Whether the change records outweigh the checkpoint enough to rewrite.
     pub fn wants_compaction(&self) -> bool {
         self.changes_bytes > MIN_COMPACT_BYTES.max(COMPACT_RATIO * self.checkpoint_bytes)

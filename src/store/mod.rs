@@ -733,10 +733,8 @@ impl Repository {
             cat.intents.clear();
             cat.usage.extend(missing);
             cat.generation += 1;
-            if let Err(e) = file.commit(cat.changes()) {
-                cat.rollback(counters);
-                return Err(e.into_inner());
-            }
+            file.commit_touched(&mut cat, counters)
+                .map_err(CommitError::into_inner)?;
             cat.settle();
         }
         if file.wants_compaction() {
@@ -856,8 +854,7 @@ impl Repository {
         state.cat.generation += 1;
         let renamed = state.cat.renamed_layers(&state.by_layer);
         state.cat.note_usage(today(), &state.by_layer, &renamed);
-        if let Err(e) = state.file.commit(state.cat.changes()) {
-            state.cat.rollback(counters);
+        if let Err(e) = state.file.commit_touched(&mut state.cat, counters) {
             if let CommitError::Unknown(inner) = &e {
                 log::error!("catalog commit: {inner}; the repository accepts no more changes");
                 state.latch = Some(inner.to_string());
