@@ -22,19 +22,14 @@
 
 mod common;
 
-use common::{median, sh, Rng};
-use std::ffi::OsStr;
+use common::{drop_all_caches, median, read_all, sh, Rng};
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant, UNIX_EPOCH};
+use std::time::Instant;
 
-use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
-    KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyEntry, ReplyOpen, Request,
-};
 use std::sync::Arc;
 use strata::fs::daemon::{session_config, tune_readahead, MountOptions};
 use strata::fs::StrataFs;
@@ -59,26 +54,6 @@ fn strata(repo: &Path, args: &[&str]) {
     );
 }
 
-fn drop_all_caches() {
-    sh("sync && echo 3 > /proc/sys/vm/drop_caches");
-}
-
-/// GB/s of reading `path` start to end in 1 MiB reads.
-fn read_all(path: &Path) -> f64 {
-    let mut f = File::open(path).unwrap();
-    let mut buf = vec![0u8; 1 << 20];
-    let t = Instant::now();
-    let mut total = 0u64;
-    loop {
-        let n = f.read(&mut buf).unwrap();
-        if n == 0 {
-            break;
-        }
-        total += n as u64;
-    }
-    total as f64 / t.elapsed().as_secs_f64() / 1e9
-}
-
 /// First read: the file's own page cache dropped before each of 3 runs.
 fn first_read(path: &Path) -> f64 {
     median(
@@ -94,71 +69,6 @@ fn first_read(path: &Path) -> f64 {
 fn cached_read(path: &Path) -> f64 {
     read_all(path);
     median((0..3).map(|_| read_all(path)).collect())
-}
-
-/// The FUSE ceiling: one file of zeros, served with strata's settings.
-struct ZeroFs;
-static ZEROS: [u8; 1 << 20] = [0; 1 << 20];
-
-fn zero_attr(ino: u64) -> FileAttr {
-    let dir = ino == 1;
-    FileAttr {
-        ino: INodeNo(ino),
-        size: if dir { 0 } else { SIZE },
-        blocks: 0,
-        atime: UNIX_EPOCH,
-        mtime: UNIX_EPOCH,
-        ctime: UNIX_EPOCH,
-        crtime: UNIX_EPOCH,
-        kind: if dir {
-            FileType::Directory
-        } else {
-            FileType::RegularFile
-        },
-        perm: if dir { 0o755 } else { 0o444 },
-        nlink: 1,
-        uid: 0,
-        gid: 0,
-        rdev: 0,
-        blksize: 1 << 16,
-        flags: 0,
-    }
-}
-
-impl Filesystem for ZeroFs {
-    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        strata::fs::kernel_settings(config);
-        Ok(())
-    }
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        if parent.0 == 1 && name == "zero.img" {
-            reply.entry(&Duration::from_secs(3600), &zero_attr(2), Generation(0));
-        } else {
-            reply.error(Errno::ENOENT);
-        }
-    }
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        reply.attr(&Duration::from_secs(3600), &zero_attr(ino.0));
-    }
-    fn open(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE);
-    }
-    fn read(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
-        offset: u64,
-        size: u32,
-        _flags: OpenFlags,
-        _lock: Option<LockOwner>,
-        reply: ReplyData,
-    ) {
-        let n = (size as u64)
-            .min(SIZE.saturating_sub(offset))
-            .min(ZEROS.len() as u64);
-        reply.data(&ZEROS[..n as usize]);
-    }
 }
 
 struct Bench {
@@ -228,14 +138,8 @@ fn bench_read(b: &Bench) {
     println!("== read: 4 GiB snapshot image, 1 MiB sequential reads");
     let zmp = b.work.join("zero");
     fs::create_dir_all(&zmp).unwrap();
-    let zero = fuser::spawn_mount(
-        ZeroFs,
-        &zmp,
-        &session_config("zerofs", &MountOptions::default()),
-    )
-    .unwrap();
-    tune_readahead(&zmp);
-    let (zimg, raw) = (zmp.join("zero.img"), b.work.join("raw.img"));
+    let zero = common::zerofs::mount(&zmp, SIZE, false);
+    let (zimg, raw) = (zmp.join(common::zerofs::NAME), b.work.join("raw.img"));
     let r = cached_read(&raw);
     let z = first_read(&zimg);
     println!("baselines: zero-fs FUSE ceiling {z:.2} GB/s, raw file in the host cache {r:.2} GB/s");

@@ -463,6 +463,84 @@ fn kill_9_then_umount_and_remount_keeps_everything_fsynced() {
     ));
 }
 
+/// A snapshot image the daemon serves (a layer over another) is streamed
+/// on its first open, with reads prepared ahead, and cached on later
+/// opens: a shared mapping, read() in any size, O_DIRECT, a reader that
+/// jumps back and around, each gives the image's bytes.
+#[test]
+fn layered_snapshots_read_the_same_streamed_mapped_and_cached() {
+    if !fuse_available() {
+        return;
+    }
+    let mut m = Mounted::new(&[("vm", "64M")], &[]);
+    let live = m.live("vm");
+    let reference = m.path("ref.img");
+    File::create(&reference).unwrap().set_len(64 << 20).unwrap();
+    let (a, b) = (m.path("a.bin"), m.path("b.bin"));
+    random_file(&a, 48);
+    random_file(&b, 5);
+    dd_into(&a, &live, 0);
+    dd_into(&a, &reference, 0);
+    m.snapshot("vm", "s1");
+    for at in [3, 17, 40, 59] {
+        dd_into(&b, &live, at);
+        dd_into(&b, &reference, at);
+    }
+    m.snapshot("vm", "s2");
+    let snap = m.snap("vm", "s2");
+    let hash = |cmd: String| sh(&cmd).split_whitespace().next().unwrap().to_string();
+    let want = hash(format!("sha256sum < '{}'", reference.display()));
+    // The first open, mapped shared as a tool that maps an image would.
+    let mapped = hash(format!(
+        "python3 -c \"import mmap, hashlib; f = open('{}', 'rb'); \
+         m = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ); print(hashlib.sha256(m).hexdigest())\"",
+        snap.display()
+    ));
+    assert_eq!(mapped, want, "mapped on its first open");
+    let cached = hash(format!("sha256sum < '{}'", snap.display()));
+    assert_eq!(cached, want, "read through the page cache");
+    let direct = hash(format!(
+        "dd if='{}' bs=1M iflag=direct status=none | sha256sum",
+        snap.display()
+    ));
+    assert_eq!(direct, want, "O_DIRECT");
+
+    // Streamed again on a new mount, in requests of 64 KiB: each prepared
+    // ahead once two came in order.
+    m.umount();
+    m.mount(&[]);
+    let small = hash(format!(
+        "dd if='{}' bs=64k status=none | sha256sum",
+        snap.display()
+    ));
+    assert_eq!(small, want, "streamed in 64 KiB reads");
+
+    // A reader that goes in order, jumps back, goes on, and jumps about:
+    // what was prepared for the order it left is never what it gets.
+    m.umount();
+    m.mount(&[]);
+    let f = File::open(&snap).unwrap();
+    let expect = File::open(&reference).unwrap();
+    let mut got = vec![0u8; 1 << 20];
+    let mut exp = vec![0u8; 1 << 20];
+    let mut offsets: Vec<u64> = (0..12).map(|i| i << 20).collect();
+    offsets.extend((0..12).map(|i| i << 20));
+    offsets.extend([
+        40 << 20,
+        7 << 20,
+        (63 << 20) + 4096,
+        41 << 20,
+        42 << 20,
+        43 << 20,
+    ]);
+    for at in offsets {
+        let n = f.read_at(&mut got, at).unwrap();
+        let e = expect.read_at(&mut exp, at).unwrap();
+        assert_eq!(n, e, "length at {at}");
+        assert!(got[..n] == exp[..e], "bytes at {at}");
+    }
+}
+
 #[test]
 fn sparse_copy_of_a_mostly_empty_64g_snapshot() {
     if !fuse_available() {

@@ -2,6 +2,8 @@
 //! offsets, the median of repeated runs, and running shell commands.
 #![allow(dead_code)]
 
+pub mod zerofs;
+
 /// xorshift64: fast, seeded, good enough to make data incompressible and
 /// offsets scattered.
 pub struct Rng(pub u64);
@@ -72,4 +74,32 @@ pub fn scatter(d: &strata::store::Disk, rng: &mut Rng, count: u64, block: u64, f
             d.write_at(b * block, &buf).unwrap();
         }
     }
+}
+
+/// Drops the host's page cache (as root), after writing back what is dirty.
+pub fn drop_all_caches() {
+    sh("sync && echo 3 > /proc/sys/vm/drop_caches");
+}
+
+/// GB/s of reading `path` from start to end in 1 MiB reads.
+pub fn read_all(path: &std::path::Path) -> f64 {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    let t = std::time::Instant::now();
+    let mut total = 0u64;
+    loop {
+        let n = f.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+    }
+    assert_eq!(
+        total,
+        std::fs::metadata(path).unwrap().len(),
+        "{}",
+        path.display()
+    );
+    total as f64 / t.elapsed().as_secs_f64() / 1e9
 }

@@ -23,6 +23,7 @@
 pub mod daemon;
 mod inodes;
 mod keeper;
+mod stream;
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -46,6 +47,7 @@ use crate::store::{
 use crate::sys;
 use inodes::{Inodes, Node};
 pub use keeper::Keeper;
+use stream::{Stream, Streams};
 
 /// How long the kernel may trust what it is told about directories and the
 /// live image, which change; and about snapshots, which do not.
@@ -58,6 +60,11 @@ const IMG_SUFFIX: &str = ".img";
 /// Largest read or write the kernel will send (its request cap is 1 MiB).
 const MAX_IO: u32 = 1 << 20;
 
+/// Images remembered as opened once; past this the memory starts over.
+const STREAMED_MAX: usize = 1 << 16;
+/// Threads that prepare streamed reads ahead (see [`stream`]).
+const STREAM_WORKERS: usize = 2;
+
 thread_local! {
     static READ_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
@@ -69,7 +76,11 @@ enum Open {
         /// meanwhile unless forced.
         _writer: Option<WriterGuard>,
     },
-    Snapshot(Arc<Snapshot>),
+    Snapshot {
+        snap: Arc<Snapshot>,
+        /// Reads prepared ahead, for a first open (streamed).
+        stream: Option<Arc<Stream>>,
+    },
     Changes(Arc<Changes>),
     /// A snapshot the kernel reads from its one layer file itself; the
     /// backing id must live as long as the open file.
@@ -84,7 +95,7 @@ impl Open {
     fn describe(&self) -> String {
         match self {
             Open::Live { disk, .. } => format!("disk {}", disk.name()),
-            Open::Snapshot(s) | Open::Passthrough { snap: s, .. } => {
+            Open::Snapshot { snap: s, .. } | Open::Passthrough { snap: s, .. } => {
                 format!("snapshot {}@{}", s.info().disk, s.info().name)
             }
             Open::Changes(c) => {
@@ -97,7 +108,7 @@ impl Open {
     fn image(&self) -> &dyn ImageRead {
         match self {
             Open::Live { disk, .. } => disk.as_ref(),
-            Open::Snapshot(s) | Open::Passthrough { snap: s, .. } => s.as_ref(),
+            Open::Snapshot { snap: s, .. } | Open::Passthrough { snap: s, .. } => s.as_ref(),
             Open::Changes(c) => c.as_ref(),
         }
     }
@@ -128,6 +139,11 @@ pub struct StrataFs {
     tidy: keeper::TidyHandle,
     /// Bytes of each changes image seen, by (from, to) layers.
     changed: Mutex<HashMap<(Option<LayerId>, LayerId), u64>>,
+    /// The snapshot images (by layer) opened once already: see
+    /// [`StrataFs::cache_policy`].
+    streamed: Mutex<std::collections::HashSet<LayerId>>,
+    /// What prepares streamed reads ahead of their readers.
+    streams: Streams,
     /// Each open directory's listing, made once at opendir: the kernel
     /// reads a directory in many small replies, and 10,000 snapshots
     /// listed again for each would cost the square of the count.
@@ -162,6 +178,8 @@ impl StrataFs {
             backings: Mutex::new(HashMap::new()),
             tidy: keeper::TidyHandle::default(),
             changed: Mutex::new(HashMap::new()),
+            streamed: Mutex::new(Default::default()),
+            streams: Streams::start(STREAM_WORKERS),
             listings: Mutex::new(HashMap::new()),
         }
     }
@@ -209,9 +227,10 @@ impl StrataFs {
             .values()
             .find(|o| match (o.as_ref(), node) {
                 (Open::Live { disk, .. }, Node::Live(id)) => disk.id() == *id,
-                (Open::Snapshot(s) | Open::Passthrough { snap: s, .. }, Node::SnapImg(l)) => {
-                    s.info().layer == *l
-                }
+                (
+                    Open::Snapshot { snap: s, .. } | Open::Passthrough { snap: s, .. },
+                    Node::SnapImg(l),
+                ) => s.info().layer == *l,
                 _ => false,
             })
             .cloned()
@@ -241,7 +260,9 @@ impl StrataFs {
                     uid: self.uid,
                     gid: self.gid,
                     rdev: 0,
-                    blksize: 1 << 16,
+                    // What cp and the like size their reads by: the
+                    // largest request the kernel sends.
+                    blksize: MAX_IO,
                     flags: 0,
                 },
                 ttl,
@@ -303,8 +324,9 @@ impl StrataFs {
                     // Deleted while open: it answers for itself.
                     None => {
                         let open = open.cloned().or_else(|| self.open_of(node));
-                        let Some(Open::Snapshot(s) | Open::Passthrough { snap: s, .. }) =
-                            open.as_deref()
+                        let Some(
+                            Open::Snapshot { snap: s, .. } | Open::Passthrough { snap: s, .. },
+                        ) = open.as_deref()
                         else {
                             return Err(Errno::ENOENT);
                         };
@@ -490,6 +512,26 @@ impl StrataFs {
         Some(id)
     }
 
+    /// How the kernel keeps a daemon-served snapshot image it reads. The
+    /// first open of an image streams it (`FOPEN_DIRECT_IO`): reads go
+    /// straight to the reader's buffer, served from the layers' own pages,
+    /// so a one-pass copy (`cp`, `dd`, `qemu-img convert`) does not hold
+    /// the image a second time in the page cache, and the daemon reads
+    /// ahead for it. Every later open is cached (`FOPEN_KEEP_CACHE`: the
+    /// image never changes), so an image read again is served from the
+    /// kernel's page cache.
+    fn cache_policy(&self, layer: LayerId) -> FopenFlags {
+        let mut streamed = self.streamed.lock();
+        if streamed.len() >= STREAMED_MAX {
+            streamed.clear();
+        }
+        if streamed.insert(layer) {
+            FopenFlags::FOPEN_DIRECT_IO
+        } else {
+            FopenFlags::FOPEN_KEEP_CACHE
+        }
+    }
+
     /// The snapshot whose layer is `layer`, by name.
     fn snapshot_ref(&self, layer: LayerId) -> Result<SnapshotRef, Errno> {
         let info = self
@@ -564,7 +606,11 @@ impl StrataFs {
                 if snap.info().layer != *layer {
                     return Err(Errno::ENOENT);
                 }
-                Ok((Open::Snapshot(Arc::new(snap)), FopenFlags::FOPEN_KEEP_CACHE))
+                let snap = Arc::new(snap);
+                let policy = self.cache_policy(*layer);
+                let stream = (policy == FopenFlags::FOPEN_DIRECT_IO)
+                    .then(|| self.streams.open(snap.clone()));
+                Ok((Open::Snapshot { snap, stream }, policy))
             }
             Node::ChangesImg { from, to } => {
                 if writing || flags.0 & libc::O_TRUNC != 0 {
@@ -594,6 +640,8 @@ pub fn kernel_settings(config: &mut KernelConfig) {
         InitFlags::FUSE_ATOMIC_O_TRUNC,
         InitFlags::FUSE_ASYNC_DIO,
         InitFlags::FUSE_PARALLEL_DIROPS,
+        // mmap of an image streamed with FOPEN_DIRECT_IO (shared, read-only).
+        InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP,
     ] {
         let _ = config.add_capabilities(cap);
     }
@@ -781,7 +829,7 @@ impl Filesystem for StrataFs {
             Err(e) => return reply.error(e),
         };
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        if let Open::Snapshot(snap) = &open {
+        if let Open::Snapshot { snap, .. } = &open {
             if let Some(backing) = self.backing(ino.0, snap, &reply) {
                 // Recorded before the reply: the next request may use it at once.
                 let open = Open::Passthrough {
@@ -816,21 +864,47 @@ impl Filesystem for StrataFs {
         };
         let img = open.image();
         let len = (size.min(MAX_IO) as u64).min(img.size().saturating_sub(offset)) as usize;
+        let stream = match open.as_ref() {
+            Open::Snapshot { stream, .. } => stream.as_ref(),
+            _ => None,
+        };
+        if let Some(got) = stream.and_then(|s| s.take(offset, len)) {
+            match got {
+                Ok(data) => {
+                    reply.data(&data);
+                    if let Some(s) = stream {
+                        s.give_back(data);
+                    }
+                }
+                Err(f) => {
+                    log::error!("{}", f.message);
+                    reply.error(Errno::from_i32(f.errno));
+                }
+            }
+            return;
+        }
         // One buffer per worker thread, reused: a fresh 1 MiB buffer per
         // request would cost 256 page faults each time.
-        READ_BUF.with(|buf| {
+        let read = READ_BUF.with(|buf| {
             let mut buf = buf.borrow_mut();
             if buf.len() < len {
                 buf.resize(len, 0);
             }
-            match img.read_at(offset, &mut buf[..len]) {
-                Ok(n) => reply.data(&buf[..n]),
+            match img.read_at_traced(offset, &mut buf[..len]) {
+                Ok(r) => {
+                    reply.data(&buf[..r.len]);
+                    Some(r)
+                }
                 Err(e) => {
                     log::error!("reading {} at offset {offset}: {e}", open.describe());
-                    reply.error(errno(&e))
+                    reply.error(errno(&e));
+                    None
                 }
             }
         });
+        if let (Some(r), Some(s)) = (read, stream) {
+            s.served(offset, r.len);
+        }
     }
 
     fn write(
@@ -890,7 +964,7 @@ impl Filesystem for StrataFs {
     ) {
         let result = self.handle(fh).and_then(|open| match open.as_ref() {
             Open::Live { disk, .. } => disk.flush().map_err(|e| errno(&e)),
-            Open::Snapshot(_) | Open::Passthrough { .. } | Open::Changes(_) => Ok(()),
+            Open::Snapshot { .. } | Open::Passthrough { .. } | Open::Changes(_) => Ok(()),
         });
         match result {
             Ok(()) => reply.ok(),
@@ -910,8 +984,16 @@ impl Filesystem for StrataFs {
     ) {
         let open = self.handles.write().remove(&fh.0);
         reply.ok();
+        if let Some(Open::Snapshot {
+            stream: Some(s), ..
+        }) = open.as_deref()
+        {
+            s.close();
+        }
         let layer = match open.as_deref() {
-            Some(Open::Snapshot(s) | Open::Passthrough { snap: s, .. }) => Some(s.info().layer),
+            Some(Open::Snapshot { snap: s, .. } | Open::Passthrough { snap: s, .. }) => {
+                Some(s.info().layer)
+            }
             Some(Open::Changes(c)) => Some(c.snapshot().info().layer),
             _ => None,
         };

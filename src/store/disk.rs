@@ -712,7 +712,7 @@ impl ImageRead for Disk {
     }
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
         let _reading = self.reads.read();
-        image::read_at(self, offset, buf)
+        Ok(image::read_at(self, offset, buf)?.len)
     }
     fn seek_data(&self, offset: u64) -> Result<Option<u64>> {
         image::probe(self, offset, true)

@@ -38,6 +38,20 @@ pub trait ImageRead: Send + Sync {
     fn size(&self) -> u64;
     /// Reads at `offset`; returns fewer bytes only at the end of the image.
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize>;
+    /// [`read_at`](Self::read_at), also saying whether any of it had to
+    /// come from the device rather than the host's page cache.
+    fn read_at_traced(&self, offset: u64, buf: &mut [u8]) -> Result<Traced> {
+        Ok(Traced {
+            len: self.read_at(offset, buf)?,
+            missed: false,
+        })
+    }
+    /// Asks the device for `len` bytes of the image from `offset` without
+    /// waiting for them, so that a later read finds them in the host cache.
+    fn prefetch(&self, offset: u64, len: u64) -> Result<()> {
+        let _ = (offset, len);
+        Ok(())
+    }
     /// The first byte at or after `offset` that may hold data, or `None`.
     fn seek_data(&self, offset: u64) -> Result<Option<u64>>;
     /// The first byte at or after `offset` in a zero region (the size when
@@ -45,14 +59,25 @@ pub trait ImageRead: Send + Sync {
     fn seek_hole(&self, offset: u64) -> Result<u64>;
 }
 
+/// What a read returned: its length, and whether any of it had to be
+/// fetched from the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Traced {
+    pub len: usize,
+    pub missed: bool,
+}
+
 /// Reads through the layout. Each piece is first read from the page cache
 /// without waiting; when several pieces miss, the device is asked for all of
 /// them at once before any is waited for, so a read spread over many layers
 /// costs one round trip to the device rather than one per layer.
-pub(crate) fn read_at(layout: &dyn Layout, offset: u64, buf: &mut [u8]) -> Result<usize> {
+pub(crate) fn read_at(layout: &dyn Layout, offset: u64, buf: &mut [u8]) -> Result<Traced> {
     let geo = layout.geometry();
     if offset >= geo.size || buf.is_empty() {
-        return Ok(0);
+        return Ok(Traced {
+            len: 0,
+            missed: false,
+        });
     }
     let end = (offset + buf.len() as u64).min(geo.size);
     let bs = geo.block_size as u64;
@@ -86,6 +111,7 @@ pub(crate) fn read_at(layout: &dyn Layout, offset: u64, buf: &mut [u8]) -> Resul
             file.prefetch(*at, dst.len() as u64).map_err(io(*at))?;
         }
     }
+    let any_missed = !missed.is_empty();
     for (file, at, dst) in missed {
         file.read_exact_at(&mut buf[dst], at).map_err(io(at))?;
     }
@@ -102,7 +128,33 @@ pub(crate) fn read_at(layout: &dyn Layout, offset: u64, buf: &mut [u8]) -> Resul
             )?;
         }
     }
-    Ok((end - offset) as usize)
+    Ok(Traced {
+        len: (end - offset) as usize,
+        missed: any_missed,
+    })
+}
+
+/// Asks the device for the data pieces of `offset..offset + len` without
+/// waiting (`posix_fadvise(WILLNEED)` of each): what a reader going
+/// through the image in order will want next.
+pub(crate) fn prefetch(layout: &dyn Layout, offset: u64, len: u64) -> Result<()> {
+    let geo = layout.geometry();
+    let end = offset.saturating_add(len).min(geo.size);
+    if offset >= end {
+        return Ok(());
+    }
+    let bs = geo.block_size as u64;
+    for (blocks, piece) in layout.pieces(offset / bs..end.div_ceil(bs))? {
+        if let Piece::Data(file, _) = piece {
+            let r = geo.byte_range(blocks);
+            let (s, e) = (r.start.max(offset), r.end.min(end));
+            file.prefetch(s, e - s).map_err(|e| StoreError::Io {
+                path: format!("layer data at offset {s}").into(),
+                source: e,
+            })?;
+        }
+    }
+    Ok(())
 }
 
 /// Checks the blocks `blocks` of data file `id` (as read into `buf`, the

@@ -71,7 +71,13 @@ impl ImageRead for Snapshot {
         self.geo.size
     }
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        Ok(image::read_at(self, offset, buf)?.len)
+    }
+    fn read_at_traced(&self, offset: u64, buf: &mut [u8]) -> Result<image::Traced> {
         image::read_at(self, offset, buf)
+    }
+    fn prefetch(&self, offset: u64, len: u64) -> Result<()> {
+        image::prefetch(self, offset, len)
     }
     fn seek_data(&self, offset: u64) -> Result<Option<u64>> {
         image::probe(self, offset, true)
