@@ -12,8 +12,11 @@
 //! Handlers decode the request, call the store, and reply; they never panic
 //! on a failure. Writes go through to the store before they are
 //! acknowledged (no write-back cache), so a snapshot holds every write that
-//! returned to its writer. Snapshot images never change, so they are opened
-//! with `FOPEN_KEEP_CACHE` and given long attribute lifetimes.
+//! returned to its writer. Snapshot images never change: they get long
+//! attribute lifetimes, a flat one is read by the kernel from its layer
+//! file (passthrough), and the others are streamed on their first open
+//! ([`stream`], `FOPEN_DIRECT_IO`) and kept in the kernel's page cache on
+//! later opens (`FOPEN_KEEP_CACHE`).
 //!
 //! The tree changes under the kernel when a command deletes, renames or
 //! rolls back (see [`keeper`]): images are inodes by identity (their layer,
