@@ -33,7 +33,7 @@
 
 mod common;
 
-use common::{drop_all_caches, median, read_all, sh, Rng};
+use common::{drop_all_caches, median, read_all, sh, Rng, StrataMount};
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -43,7 +43,6 @@ use std::time::Instant;
 
 use strata::store::{DiskName, Repository, SnapName, SnapshotRef};
 
-const STRATA: &str = env!("CARGO_BIN_EXE_strata");
 const SIZE: u64 = 4 << 30;
 const BLOCK: u64 = 64 << 10;
 const BLOCKS: u64 = SIZE / BLOCK;
@@ -84,15 +83,6 @@ fn time(cmd: &str) -> f64 {
     let t = Instant::now();
     sh(cmd);
     t.elapsed().as_secs_f64()
-}
-
-fn strata(args: &[&str]) {
-    let out = Command::new(STRATA).args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "strata {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 fn verdict(ratio: f64, goal: f64) -> &'static str {
@@ -321,29 +311,9 @@ fn warm_chain(host: &Host, depth: u64) {
     }
 }
 
-/// A strata mount of the host's repository, unmounted on drop.
-struct Mount {
-    mp: PathBuf,
-}
-
-impl Mount {
-    fn new(host: &Host) -> Mount {
-        let mp = host.dir.join("mnt");
-        fs::create_dir_all(&mp).unwrap();
-        strata(&[
-            "--repo",
-            host.repo().to_str().unwrap(),
-            "mount",
-            mp.to_str().unwrap(),
-        ]);
-        Mount { mp }
-    }
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let _ = Command::new(STRATA).arg("umount").arg(&self.mp).output();
-    }
+/// A new mount of the host's repository, unmounted on drop.
+fn mount(host: &Host) -> StrataMount {
+    StrataMount::new(&host.repo(), &host.dir.join("mnt"), &[])
 }
 
 /// The null FUSE file system, mounted once per host in each of its two
@@ -384,7 +354,7 @@ struct Row {
 /// GB/s of the first read of the image of depth `depth` on a new mount
 /// (so its first open), after `prepare` has set the caches.
 fn first_read(host: &Host, depth: u64, prepare: impl FnOnce()) -> f64 {
-    let mount = Mount::new(host);
+    let mount = mount(host);
     prepare();
     read_all(&host.image(&mount.mp, depth))
 }
@@ -457,7 +427,7 @@ fn fresh(host: &Host, ceiling: &Ceiling, depth: u64, rows: &mut Vec<Row>) {
 }
 
 fn warm_read(host: &Host, depth: u64, rows: &mut Vec<Row>) {
-    let mount = Mount::new(host);
+    let mount = mount(host);
     let img = host.image(&mount.mp, depth);
     let raw = host.raw(depth);
     warm_chain(host, depth);
@@ -502,7 +472,7 @@ fn copy(host: &Host, depth: u64, rows: &mut Vec<Row>) {
     for (state, all_cold) in [("files cached", false), ("all cold", true)] {
         let (mut s, mut q) = (vec![], vec![]);
         for _ in 0..3 {
-            let mount = Mount::new(host);
+            let mount = mount(host);
             if all_cold {
                 drop_all_caches();
             } else {
@@ -569,7 +539,7 @@ fn main() {
             {
                 // The image, streamed on its first open, reads back as its
                 // raw copy.
-                let mount = Mount::new(&host);
+                let mount = mount(&host);
                 sh(&format!(
                     "cmp '{}' '{}'",
                     host.image(&mount.mp, depth).display(),

@@ -2,7 +2,7 @@
 //! baseline from the same run and the ratio between them.
 //!
 //! Run as root: `cargo bench --bench mount` (optionally followed by
-//! `-- read`, `-- checks`, `-- write` or `-- chain` for one part). `STRATA_BENCH_DIR=DIR`
+//! `-- read`, `-- checks` or `-- write` for one part). `STRATA_BENCH_DIR=DIR`
 //! puts the ~30 GiB of scratch files elsewhere than the system temp
 //! directory.
 //!
@@ -16,13 +16,13 @@
 //!   of the same repository. Goal: checking costs <= 5 %.
 //! - write: sequential 1 MiB and random 4 KiB writes to live.img vs the raw
 //!   file.
-//! - chain: `cp` of a snapshot at chain depth 100 (1 % of blocks changed per
-//!   layer) vs `qemu-img convert -O raw` of a qcow2 chain of depth 100 with
-//!   the same writes. Goal: ≥ 3× faster.
+//!
+//! The copy of a deep snapshot against `qemu-img convert` of a qcow2 chain
+//! (once the `chain` part here) is the `copy` case of `benches/deep.rs`.
 
 mod common;
 
-use common::{drop_all_caches, median, read_all, sh, Rng};
+use common::{drop_all_caches, median, read_all, Rng};
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
@@ -301,94 +301,6 @@ fn bench_write(b: &Bench) {
     println!("random 4 KiB right after a snapshot (copy-up of 64 KiB blocks): strata {cu:.0} IOPS, ratio to raw {:.3}", cu / rrand);
 }
 
-fn bench_chain(b: &Bench) {
-    println!("== chain: copy a snapshot at depth 100 (1 % of 64 KiB blocks per layer)");
-    let name = DiskName::parse("chain").unwrap();
-    let qdir = b.work.join("qcow");
-    fs::create_dir_all(&qdir).unwrap();
-    strata(&b.repo, &["umount", b.mp.to_str().unwrap()]);
-    let blocks = SIZE / BLOCK;
-    let per_layer = blocks / 100;
-    let mut rng = Rng(100);
-    // Layer 1: all the data, in both.
-    sh(&format!(
-        "qemu-img convert -f raw -O qcow2 -o cluster_size=64k '{}' '{}/l1.qcow2'",
-        b.work.join("raw.img").display(),
-        qdir.display()
-    ));
-    {
-        let r = Repository::open(&b.repo).unwrap();
-        let raw = File::open(b.work.join("raw.img")).unwrap();
-        r.create_disk(&name, SIZE, BLOCK as u32).unwrap();
-        let d = r.disk(&name).unwrap();
-        let mut buf = vec![0u8; 8 << 20];
-        for off in (0..SIZE).step_by(buf.len()) {
-            raw.read_exact_at(&mut buf, off).unwrap();
-            d.write_at(off, &buf).unwrap();
-        }
-        r.snapshot(&name, Some(SnapName::parse("d1").unwrap()))
-            .unwrap();
-        for depth in 2..=100u64 {
-            let mut cmds = Vec::new();
-            for _ in 0..per_layer {
-                let off = rng.next() % blocks * BLOCK;
-                let pattern = (rng.next() % 255 + 1) as u8;
-                d.write_at(off, &vec![pattern; BLOCK as usize]).unwrap();
-                cmds.push(format!("-c 'write -q -P {pattern} {off} 64k'"));
-            }
-            r.snapshot(&name, Some(SnapName::parse(&format!("d{depth}")).unwrap()))
-                .unwrap();
-            let q = qdir.join(format!("l{depth}.qcow2"));
-            sh(&format!(
-                "qemu-img create -q -f qcow2 -o cluster_size=64k -b l{}.qcow2 -F qcow2 '{}' && qemu-io -f qcow2 {} '{}'",
-                depth - 1,
-                q.display(),
-                cmds.join(" "),
-                q.display()
-            ));
-        }
-    }
-    strata(&b.repo, &["mount", b.mp.to_str().unwrap()]);
-    let snap = b.mp.join("chain/snapshots/d100.img");
-    let (out_s, out_q) = (b.work.join("out-strata.img"), b.work.join("out-qemu.img"));
-    let time = |cmd: &str| {
-        let t = Instant::now();
-        sh(cmd);
-        t.elapsed().as_secs_f64()
-    };
-    let cp = format!(
-        "cp --sparse=always '{}' '{}'",
-        snap.display(),
-        out_s.display()
-    );
-    let qi = format!(
-        "qemu-img convert -f qcow2 -O raw '{}/l100.qcow2' '{}'",
-        qdir.display(),
-        out_q.display()
-    );
-    for (label, cold) in [("warm host cache", false), ("host cache dropped", true)] {
-        let run = |cmd: &str, out: &Path| {
-            median(
-                (0..3)
-                    .map(|_| {
-                        let _ = fs::remove_file(out);
-                        if cold {
-                            drop_all_caches();
-                        } else {
-                            strata::sys::drop_cached_pages(&File::open(&snap).unwrap()).unwrap();
-                        }
-                        time(cmd)
-                    })
-                    .collect(),
-            )
-        };
-        let (ts, tq) = (run(&cp, &out_s), run(&qi, &out_q));
-        println!("{label}: cp from the mount {ts:.2} s, qemu-img convert {tq:.2} s, strata is {:.2}x faster (goal >= 3)", tq / ts);
-    }
-    sh(&format!("cmp '{}' '{}'", out_s.display(), out_q.display()));
-    println!("(the two copies are identical)");
-}
-
 fn main() {
     if !Path::new("/dev/fuse").exists() || strata::sys::effective_uid() != 0 {
         println!("skipping: the mount benchmarks need /dev/fuse and root");
@@ -408,8 +320,5 @@ fn main() {
     }
     if want("write") {
         bench_write(&b);
-    }
-    if want("chain") {
-        bench_chain(&b);
     }
 }

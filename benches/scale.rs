@@ -20,7 +20,7 @@
 
 mod common;
 
-use common::{ms, scratch, sh, Rng};
+use common::{ms, scratch, Rng};
 use std::collections::BTreeSet;
 use std::fs;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
@@ -29,7 +29,6 @@ use std::time::{Duration, Instant};
 
 use strata::store::{DiskName, Repository, SnapName};
 
-const STRATA: &str = env!("CARGO_BIN_EXE_strata");
 const TIB: u64 = 1 << 40;
 const BLOCK: u64 = 64 << 10;
 /// Blocks each snapshot changes: 16 MiB.
@@ -97,18 +96,6 @@ fn read_blocks(path: &Path, blocks: &[u64], buf: &mut Aligned) -> Duration {
     t.elapsed()
 }
 
-/// Unmounts on drop, so a failing run leaves no mount behind.
-struct Unmount<'a>(&'a Path);
-
-impl Drop for Unmount<'_> {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new(STRATA)
-            .arg("umount")
-            .arg(self.0)
-            .output();
-    }
-}
-
 fn mib(b: u64) -> f64 {
     b as f64 / (1 << 20) as f64
 }
@@ -168,12 +155,7 @@ fn main() {
         (all.len() as u64 * BLOCK) as f64 / (1u64 << 30) as f64
     );
 
-    let repo_arg = format!("--repo '{}'", root.display());
-    sh(&format!(
-        "{STRATA} {repo_arg} mount '{}' -o checked",
-        mp.display()
-    ));
-    let mounted = Unmount(&mp);
+    let mounted = common::StrataMount::new(&root, &mp, &["-o", "checked"]);
     let pid: u32 = fs::read_to_string(root.join("lock"))
         .unwrap()
         .trim()

@@ -103,3 +103,40 @@ pub fn read_all(path: &std::path::Path) -> f64 {
     );
     total as f64 / t.elapsed().as_secs_f64() / 1e9
 }
+
+/// A repository mounted with `strata mount` (the release build, as a user
+/// runs it), unmounted on drop, so a failing run leaves no mount behind.
+pub struct StrataMount {
+    pub mp: std::path::PathBuf,
+}
+
+impl StrataMount {
+    /// Mounts `repo` on `mp` (made if missing) with `extra` arguments.
+    pub fn new(repo: &std::path::Path, mp: &std::path::Path, extra: &[&str]) -> StrataMount {
+        std::fs::create_dir_all(mp).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_strata"))
+            .arg("--repo")
+            .arg(repo)
+            .arg("mount")
+            .arg(mp)
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "strata mount {}: {}",
+            mp.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        StrataMount { mp: mp.to_owned() }
+    }
+}
+
+impl Drop for StrataMount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(env!("CARGO_BIN_EXE_strata"))
+            .arg("umount")
+            .arg(&self.mp)
+            .output();
+    }
+}

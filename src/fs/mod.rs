@@ -880,7 +880,11 @@ impl Filesystem for StrataFs {
                     }
                 }
                 Err(f) => {
-                    log::error!("{}", f.message);
+                    log::error!(
+                        "reading {} at offset {offset}: {}",
+                        open.describe(),
+                        f.error
+                    );
                     reply.error(Errno::from_i32(f.errno));
                 }
             }

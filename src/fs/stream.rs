@@ -14,8 +14,9 @@
 //! files, are fetched many at a time.
 //!
 //! A stream starts after two reads in order and stops at the first read
-//! out of order; a read the stream has not prepared is served as any
-//! other. Snapshot images never change, so what was prepared stays true.
+//! it did not plan for (out of order, or of another size); such a read is
+//! served as any other. Snapshot images never change, so what was
+//! prepared stays true.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Weak};
@@ -27,18 +28,17 @@ use crate::store::{ImageRead, Snapshot};
 /// Requests prepared ahead of the reader, per stream.
 const DEPTH: usize = 4;
 /// How far beyond what is prepared the device is asked for data.
-pub const FAR_AHEAD: u64 = 32 << 20;
+const FAR_AHEAD: u64 = 32 << 20;
 /// Buffers kept for reuse: a new one would cost a page fault per page.
 const POOL: usize = 4 * DEPTH;
 /// The longest a reader waits for a worker before it reads for itself.
 const WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// A failed read prepared ahead: what the reader is told, and what the
-/// log says.
-#[derive(Clone)]
+/// A failed read prepared ahead: the errno the reader is told, and the
+/// error for the log (the handler names the image, as for any read).
 pub struct Failed {
     pub errno: i32,
-    pub message: String,
+    pub error: String,
 }
 
 enum Chunk {
@@ -125,18 +125,17 @@ impl Stream {
                         break;
                     }
                 }
-                Some(Chunk::Ready { offset: o, data }) if *o == offset => {
-                    if data.as_ref().is_ok_and(|d| d.len() != len) {
-                        break;
+                Some(Chunk::Ready { offset: o, data })
+                    if *o == offset && data.as_ref().map_or(true, |d| d.len() == len) =>
+                {
+                    if let Some(Chunk::Ready { data, .. }) = st.chunks.pop_front() {
+                        st.next = offset + len as u64;
+                        let new = st.plan(self.image.size());
+                        drop(st);
+                        self.streams.schedule(self, new);
+                        return Some(data);
                     }
-                    let Some(Chunk::Ready { data, .. }) = st.chunks.pop_front() else {
-                        unreachable!("the front chunk was just matched");
-                    };
-                    st.next = offset + len as u64;
-                    let new = st.plan(self.image.size());
-                    drop(st);
-                    self.streams.schedule(self, new);
-                    return Some(data);
+                    break;
                 }
                 // Elsewhere, or in another size: what was prepared is moot.
                 Some(_) => break,
@@ -144,8 +143,7 @@ impl Stream {
         }
         let dropped = st.stop();
         drop(st);
-        self.ready.notify_all();
-        self.recycle(dropped);
+        self.discard(dropped);
         None
     }
 
@@ -170,10 +168,7 @@ impl Stream {
         st.planned = end;
         let new = st.plan(self.image.size());
         drop(st);
-        if !stale.is_empty() {
-            self.ready.notify_all();
-        }
-        self.recycle(stale);
+        self.discard(stale);
         self.streams.schedule(self, new);
     }
 
@@ -185,12 +180,18 @@ impl Stream {
         }
     }
 
-    fn recycle(&self, chunks: Vec<Chunk>) {
+    /// Chunks taken out of the stream: their buffers go back, and a
+    /// reader waiting for one of them looks again.
+    fn discard(&self, chunks: Vec<Chunk>) {
+        if chunks.is_empty() {
+            return;
+        }
         for c in chunks {
             if let Chunk::Ready { data: Ok(d), .. } = c {
                 self.give_back(d);
             }
         }
+        self.ready.notify_all();
     }
 
     /// Reads the first planned chunk no worker has claimed; returns
@@ -232,16 +233,10 @@ impl Stream {
                 }
                 Ok(buf)
             }
-            Err(e) => {
-                let info = self.image.info();
-                Err(Failed {
-                    errno: e.errno(),
-                    message: format!(
-                        "reading snapshot {}@{} at offset {offset}: {e}",
-                        info.disk, info.name
-                    ),
-                })
-            }
+            Err(e) => Err(Failed {
+                errno: e.errno(),
+                error: e.to_string(),
+            }),
         };
         let mut st = self.state.lock();
         let slot = st.chunks.iter_mut().find(|c| {
@@ -268,7 +263,7 @@ impl Stream {
 impl Drop for Stream {
     fn drop(&mut self) {
         let chunks: Vec<Chunk> = self.state.get_mut().chunks.drain(..).collect();
-        self.recycle(chunks);
+        self.discard(chunks);
     }
 }
 
@@ -301,8 +296,7 @@ pub struct Streams {
 }
 
 impl Streams {
-    /// Starts `workers` threads; they live as long as the process (a
-    /// mount's daemon).
+    /// Starts `workers` threads; they end when this is dropped.
     pub fn start(workers: usize) -> Streams {
         let shared = Arc::new(Shared {
             queue: Mutex::new(VecDeque::new()),
@@ -367,8 +361,7 @@ impl Stream {
             st.closed = true;
             st.stop()
         };
-        self.recycle(chunks);
-        self.ready.notify_all();
+        self.discard(chunks);
     }
 }
 
@@ -411,7 +404,7 @@ mod tests {
     /// What the caller does with a read the stream did not prepare.
     fn read(stream: &Arc<Stream>, snap: &Snapshot, offset: u64, len: usize) -> (Vec<u8>, bool) {
         if let Some(got) = stream.take(offset, len) {
-            let data = got.map_err(|f| f.message).unwrap();
+            let data = got.map_err(|f| f.error).unwrap();
             let copy = data.clone();
             stream.give_back(data);
             return (copy, true);

@@ -82,12 +82,6 @@ pub(crate) fn read_at(layout: &dyn Layout, offset: u64, buf: &mut [u8]) -> Resul
     let end = (offset + buf.len() as u64).min(geo.size);
     let bs = geo.block_size as u64;
     let pieces = layout.pieces(offset / bs..end.div_ceil(bs))?;
-    let io = |at: u64| {
-        move |e| StoreError::Io {
-            path: format!("layer data at offset {at}").into(),
-            source: e,
-        }
-    };
     // Pieces (file, disk offset, buffer range) still to be read from the device.
     let mut missed: Vec<(&dyn StorageFile, u64, std::ops::Range<usize>)> = Vec::new();
     for (blocks, piece) in &pieces {
@@ -101,19 +95,23 @@ pub(crate) fn read_at(layout: &dyn Layout, offset: u64, buf: &mut [u8]) -> Resul
             }
             Piece::Data(f, _) => f.as_ref(),
         };
-        let got = file.read_cached(&mut buf[dst.clone()], s).map_err(io(s))?;
+        let got = file
+            .read_cached(&mut buf[dst.clone()], s)
+            .map_err(layer_io(s))?;
         if got < dst.len() {
             missed.push((file, s + got as u64, dst.start + got..dst.end));
         }
     }
     if missed.len() > 1 {
         for (file, at, dst) in &missed {
-            file.prefetch(*at, dst.len() as u64).map_err(io(*at))?;
+            file.prefetch(*at, dst.len() as u64)
+                .map_err(layer_io(*at))?;
         }
     }
     let any_missed = !missed.is_empty();
     for (file, at, dst) in missed {
-        file.read_exact_at(&mut buf[dst], at).map_err(io(at))?;
+        file.read_exact_at(&mut buf[dst], at)
+            .map_err(layer_io(at))?;
     }
     for (blocks, piece) in &pieces {
         if let Piece::Data(f, Some((id, files))) = piece {
@@ -134,6 +132,14 @@ pub(crate) fn read_at(layout: &dyn Layout, offset: u64, buf: &mut [u8]) -> Resul
     })
 }
 
+/// The error of a read or prefetch of layer data at image offset `at`.
+fn layer_io(at: u64) -> impl FnOnce(std::io::Error) -> StoreError {
+    move |e| StoreError::Io {
+        path: format!("layer data at offset {at}").into(),
+        source: e,
+    }
+}
+
 /// Asks the device for the data pieces of `offset..offset + len` without
 /// waiting (`posix_fadvise(WILLNEED)` of each): what a reader going
 /// through the image in order will want next.
@@ -148,10 +154,7 @@ pub(crate) fn prefetch(layout: &dyn Layout, offset: u64, len: u64) -> Result<()>
         if let Piece::Data(file, _) = piece {
             let r = geo.byte_range(blocks);
             let (s, e) = (r.start.max(offset), r.end.min(end));
-            file.prefetch(s, e - s).map_err(|e| StoreError::Io {
-                path: format!("layer data at offset {s}").into(),
-                source: e,
-            })?;
+            file.prefetch(s, e - s).map_err(layer_io(s))?;
         }
     }
     Ok(())
