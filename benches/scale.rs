@@ -16,18 +16,23 @@
 //!
 //! Run as root: `cargo bench --bench scale`. `SCALE_SNAPSHOTS=N` builds N
 //! snapshots instead of 1,000; `STRATA_BENCH_DIR=DIR` puts the ~16 GiB of
-//! layers elsewhere than the system temp directory.
+//! layers elsewhere than the system temp directory; `SCALE_KEEP=DIR`
+//! builds the repository in DIR once and reuses it on later runs.
+//!
+//! Beside the mount's figure, the same two reads straight through the
+//! store (no FUSE) are timed: what the store and the host's memory cost
+//! at depth 1,000, apart from what the mount adds.
 
 mod common;
 
 use common::{ms, scratch, Rng};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use strata::store::{DiskName, Repository, SnapName};
+use strata::store::{DiskName, ImageRead, Repository, SnapName, SnapshotRef};
 
 const TIB: u64 = 1 << 40;
 const BLOCK: u64 = 64 << 10;
@@ -113,21 +118,37 @@ fn main() {
         "== a 1 TiB disk, {snapshots} snapshots of {} MiB each in random 64 KiB blocks",
         (PER_SNAPSHOT as u64 * BLOCK) >> 20
     );
-    let dir = scratch();
-    let root = dir.path().join("repo");
-    let mp = dir.path().join("mnt");
-    fs::create_dir(&mp).unwrap();
+    let (_scratch, dir) = match std::env::var_os("SCALE_KEEP") {
+        Some(k) => (None, std::path::PathBuf::from(k)),
+        None => {
+            let t = scratch();
+            let d = t.path().to_owned();
+            (Some(t), d)
+        }
+    };
+    let root = dir.join("repo");
+    let mp = dir.join("mnt");
+    let built_marker = dir.join(format!("built-{snapshots}"));
+    let reuse = built_marker.exists();
+    if !reuse {
+        let _ = fs::remove_dir_all(&root);
+    }
+    fs::create_dir_all(&mp).unwrap();
     let blocks_of_disk = TIB / BLOCK;
     let mut rng = Rng(0x5ca1e);
     let mut firsts = Vec::new(); // a block each snapshot wrote, for its first byte
     let mut first_blocks = Vec::new(); // what the first snapshot wrote
-    let mut all = BTreeSet::new(); // every block the deepest image holds
+    let mut all = BTreeMap::new(); // every block of the deepest image → its snapshot
     let t = Instant::now();
     {
-        let repo = Repository::init(&root).unwrap();
+        // A kept repository is not written again; the same random numbers
+        // are drawn, so the blocks chosen are the same.
+        let repo = (!reuse).then(|| Repository::init(&root).unwrap());
         let name = DiskName::parse("big").unwrap();
-        repo.create_disk(&name, TIB, BLOCK as u32).unwrap();
-        let d = repo.disk(&name).unwrap();
+        let d = repo.as_ref().map(|repo| {
+            repo.create_disk(&name, TIB, BLOCK as u32).unwrap();
+            repo.disk(&name).unwrap()
+        });
         let mut buf = vec![0u8; BLOCK as usize];
         for i in 0..snapshots {
             let mut chosen = BTreeSet::new();
@@ -136,24 +157,111 @@ fn main() {
             }
             for &b in &chosen {
                 rng.fill(&mut buf);
-                d.write_at(b * BLOCK, &buf).unwrap();
+                if let Some(d) = &d {
+                    d.write_at(b * BLOCK, &buf).unwrap();
+                }
             }
             firsts.push(*chosen.iter().next().unwrap());
             if i == 0 {
                 first_blocks = chosen.iter().copied().collect();
             }
-            all.extend(chosen);
-            repo.snapshot(&name, Some(SnapName::parse(&format!("s{i:04}")).unwrap()))
-                .unwrap();
+            all.extend(chosen.into_iter().map(|b| (b, i)));
+            if let Some(repo) = &repo {
+                repo.snapshot(&name, Some(SnapName::parse(&format!("s{i:04}")).unwrap()))
+                    .unwrap();
+            }
         }
     }
+    fs::write(&built_marker, b"").unwrap();
     let built = t.elapsed();
     println!(
-        "built in {:.1} s: {} data blocks ({:.1} GiB) in the deepest image",
+        "{} in {:.1} s: {} data blocks ({:.1} GiB) in the deepest image",
+        if reuse { "reused" } else { "built" },
         built.as_secs_f64(),
         all.len(),
         (all.len() as u64 * BLOCK) as f64 / (1u64 << 30) as f64
     );
+
+    // The same reads as the mount's below, straight through the store.
+    let deepest: Vec<u64> = all.keys().copied().collect();
+    let same_count: Vec<u64> = first_blocks
+        .iter()
+        .copied()
+        .cycle()
+        .take(deepest.len())
+        .collect();
+    {
+        let repo = Repository::open(&root).unwrap();
+        let snap = |i: usize| {
+            repo.open_snapshot(&SnapshotRef::parse(&format!("big@s{i:04}")).unwrap())
+                .unwrap()
+        };
+        let (deep_img, first_img) = (snap(snapshots - 1), snap(0));
+        let mut block = vec![0u8; BLOCK as usize];
+        let mut time = |img: &strata::store::Snapshot, blocks: &[u64]| {
+            let t = Instant::now();
+            for &b in blocks {
+                img.read_at(b * BLOCK, &mut block).unwrap();
+            }
+            t.elapsed()
+        };
+        time(&deep_img, &deepest);
+        time(&first_img, &first_blocks);
+        let (mut d, mut f) = (Vec::new(), Vec::new());
+        for _ in 0..3 {
+            d.push(time(&deep_img, &deepest));
+            f.push(time(&first_img, &same_count));
+        }
+        let (d, f) = (common::median(d), common::median(f));
+        println!(
+            "the same reads through the store, no mount: deepest {:.0} ms, first {:.0} ms: \
+             ratio {:.2}",
+            ms(d),
+            ms(f),
+            d.as_secs_f64() / f.as_secs_f64()
+        );
+    }
+    // And straight from the layers' data files, where each block lies
+    // (block b at b × 64 KiB of the file of the snapshot that last wrote
+    // it): what the host's memory gives for 15.5 GiB spread over 1,000
+    // files against 16 MiB in one, with no strata at all.
+    {
+        let layers = root.join("layers");
+        let count = fs::read_dir(&layers).unwrap().count();
+        assert_eq!(
+            count,
+            2 * (snapshots + 1),
+            "expected a data and an index file per snapshot and for the live layer"
+        );
+        // A new repository numbers layers from 1, in the order of snapshots.
+        let files: Vec<fs::File> = (0..snapshots)
+            .map(|i| fs::File::open(layers.join(format!("{:016x}.data", i + 1))).unwrap())
+            .collect();
+        let mut block = vec![0u8; BLOCK as usize];
+        let mut time = |reads: &mut dyn Iterator<Item = (usize, u64)>| {
+            let t = Instant::now();
+            for (i, b) in reads {
+                files[i].read_exact_at(&mut block, b * BLOCK).unwrap();
+            }
+            t.elapsed()
+        };
+        let deep_reads = || all.iter().map(|(&b, &i)| (i, b));
+        let first_reads = || same_count.iter().map(|&b| (0, b));
+        time(&mut deep_reads());
+        let (mut d, mut f) = (Vec::new(), Vec::new());
+        for _ in 0..3 {
+            d.push(time(&mut deep_reads()));
+            f.push(time(&mut first_reads()));
+        }
+        let (d, f) = (common::median(d), common::median(f));
+        println!(
+            "the same blocks read from the layer files, no strata: deepest {:.0} ms, first \
+             {:.0} ms: ratio {:.2} (the host's memory: 15.5 GiB against 16 MiB)",
+            ms(d),
+            ms(f),
+            d.as_secs_f64() / f.as_secs_f64()
+        );
+    }
 
     let mounted = common::StrataMount::new(&root, &mp, &["-o", "checked"]);
     let pid: u32 = fs::read_to_string(root.join("lock"))
@@ -206,15 +314,8 @@ fn main() {
     // Every data block of the deepest image, in offset order, against as
     // many reads of the first snapshot's blocks; each warmed first, so both
     // read layer files in the host cache.
-    let deepest: Vec<u64> = all.iter().copied().collect();
     let last = image(snapshots - 1);
     let first = image(0);
-    let same_count: Vec<u64> = first_blocks
-        .iter()
-        .copied()
-        .cycle()
-        .take(deepest.len())
-        .collect();
     read_blocks(&last, &deepest, &mut buf);
     read_blocks(&first, &first_blocks, &mut buf);
     let mut deep_times = Vec::new();

@@ -68,6 +68,9 @@ struct State {
     planned: u64,
     /// How far the device has been asked for.
     fetched: u64,
+    /// A prepared read has missed the host cache: from then on the device
+    /// is kept asked [`FAR_AHEAD`] beyond the plan.
+    cold: bool,
     closed: bool,
 }
 
@@ -194,10 +197,33 @@ impl Stream {
         self.ready.notify_all();
     }
 
+    /// Keeps the device busy well beyond what is being prepared, once a
+    /// prepared read has missed the host cache: the next window is asked
+    /// for when half of the last is planned, whether or not the read that
+    /// gets there found its bytes already fetched (it usually does: they
+    /// were asked for a window before).
+    fn read_far_ahead(&self, missed: bool) {
+        let far = {
+            let mut st = self.state.lock();
+            st.cold |= missed;
+            let planned = st.planned;
+            (st.cold && st.fetched < planned + FAR_AHEAD / 2).then(|| {
+                let from = st.fetched.max(planned);
+                st.fetched = planned + FAR_AHEAD;
+                (from, st.fetched - from)
+            })
+        };
+        if let Some((at, n)) = far {
+            if let Err(e) = self.image.prefetch(at, n) {
+                log::debug!("reading ahead at {at}: {e}");
+            }
+        }
+    }
+
     /// Reads the first planned chunk no worker has claimed; returns
     /// whether there was one.
     fn prepare_one(&self) -> bool {
-        let (offset, len, far) = {
+        let (offset, len) = {
             let mut st = self.state.lock();
             let Some((offset, len)) = st.chunks.iter_mut().find_map(|c| match c {
                 Chunk::Pending {
@@ -212,25 +238,14 @@ impl Stream {
             }) else {
                 return false;
             };
-            // Keep the device busy well beyond what is being prepared.
-            let planned = st.planned;
-            let far = (st.fetched < planned + FAR_AHEAD / 2).then(|| {
-                let from = st.fetched.max(planned);
-                st.fetched = planned + FAR_AHEAD;
-                (from, st.fetched - from)
-            });
-            (offset, len, far)
+            (offset, len)
         };
         let mut buf = self.streams.pool.lock().pop().unwrap_or_default();
         buf.resize(len, 0);
         let data = match self.image.read_at_traced(offset, &mut buf) {
             Ok(r) => {
                 buf.truncate(r.len);
-                if let (true, Some((at, n))) = (r.missed, far) {
-                    if let Err(e) = self.image.prefetch(at, n) {
-                        log::debug!("reading ahead at {at}: {e}");
-                    }
-                }
+                self.read_far_ahead(r.missed);
                 Ok(buf)
             }
             Err(e) => Err(Failed {

@@ -174,9 +174,12 @@ fn check(
     buf: &[u8],
 ) -> Result<()> {
     let end = offset + buf.len() as u64;
+    let Some(known) = files.crcs(id) else {
+        return Ok(());
+    };
     let mut whole = Vec::new();
     for b in blocks {
-        let Some(want) = files.crc(id, b) else {
+        let Some(want) = known.get(b) else {
             continue;
         };
         let r = geo.byte_range(b..b + 1);

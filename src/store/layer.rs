@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use lru::LruCache;
-use parking_lot::Mutex;
+use parking_lot::RwLock;
 
 use super::error::{Result, StoreError};
 use super::extents::{BlockKind, ExtentSet, PresentMap};
@@ -119,11 +119,16 @@ pub struct LayerFiles {
     paths: LayerPaths,
     repo_id: u64,
     source: Box<dyn FrozenSource>,
-    open: Mutex<LruCache<LayerId, Arc<dyn StorageFile>>>,
+    /// Open data files. Reads look up under a shared lock and do not
+    /// reorder the cache, so files are dropped in the order they were
+    /// opened: a deep image's read takes a descriptor for nearly every
+    /// block, and an exclusive lock with a reordering for each cost more
+    /// than the few reopens that order causes past the capacity.
+    open: RwLock<LruCache<LayerId, Arc<dyn StorageFile>>>,
     /// The CRC-32C of each frozen data block, by data file, from every
     /// index read so far: what reads check blocks against. A frozen
     /// file's blocks never change, so what was learnt stays true.
-    crcs: parking_lot::RwLock<std::collections::HashMap<LayerId, Vec<Arc<PieceCrcs>>>>,
+    crcs: RwLock<std::collections::HashMap<LayerId, FileCrcs>>,
     /// Reads check blocks (on unless a benchmark turns it off).
     checks: std::sync::atomic::AtomicBool,
 }
@@ -131,32 +136,57 @@ pub struct LayerFiles {
 /// The CRCs of one piece's blocks, for lookup by block.
 #[derive(Debug)]
 pub struct PieceCrcs {
-    /// (first block, end block, index of the first's CRC), sorted.
-    runs: Vec<(u64, u64, usize)>,
+    /// The first block of each run, sorted: searched alone, so that a
+    /// lookup touches as few cache lines as it can.
+    starts: Vec<u64>,
+    /// Each run's end block and the index of its first block's CRC.
+    runs: Vec<(u64, usize)>,
     crcs: Vec<u32>,
 }
 
 impl PieceCrcs {
     fn of(piece: &Piece) -> Option<PieceCrcs> {
         let sums = piece.sums.as_ref()?;
-        let mut runs = Vec::new();
+        let (mut starts, mut runs) = (Vec::new(), Vec::new());
         let mut at = 0;
         for r in piece.data.runs() {
-            runs.push((r.start, r.end, at));
+            starts.push(r.start);
+            runs.push((r.end, at));
             at += (r.end - r.start) as usize;
         }
         Some(PieceCrcs {
+            starts,
             runs,
             crcs: sums.iter().map(|s| s.crc).collect(),
         })
     }
 
     fn get(&self, block: u64) -> Option<u32> {
-        let i = self.runs.partition_point(|r| r.1 <= block);
-        let &(start, end, first) = self.runs.get(i)?;
-        (start <= block && block < end)
-            .then(|| self.crcs.get(first + (block - start) as usize).copied())
+        let i = self
+            .starts
+            .partition_point(|&s| s <= block)
+            .checked_sub(1)?;
+        let (end, first) = self.runs[i];
+        (block < end)
+            .then(|| {
+                self.crcs
+                    .get(first + (block - self.starts[i]) as usize)
+                    .copied()
+            })
             .flatten()
+    }
+}
+
+/// What is known of one data file's CRCs: each piece an index named, the
+/// newest last. Shared, so a reader looks it up once for all the blocks
+/// it reads of the file.
+#[derive(Debug, Clone, Default)]
+pub struct FileCrcs(Arc<[Arc<PieceCrcs>]>);
+
+impl FileCrcs {
+    /// The CRC of `block`, if known.
+    pub fn get(&self, block: u64) -> Option<u32> {
+        self.0.iter().rev().find_map(|c| c.get(block))
     }
 }
 
@@ -177,7 +207,7 @@ impl LayerFiles {
             paths,
             repo_id,
             source,
-            open: Mutex::new(LruCache::new(cap)),
+            open: RwLock::new(LruCache::new(cap)),
             crcs: Default::default(),
             checks: std::sync::atomic::AtomicBool::new(true),
         }
@@ -194,19 +224,31 @@ impl LayerFiles {
             let Some(c) = PieceCrcs::of(p) else { continue };
             let mut all = self.crcs.write();
             let known = all.entry(p.file).or_default();
-            // The same piece read again (or what a merge left of it).
-            known.retain(|k| k.runs.first().map(|r| r.0) != c.runs.first().map(|r| r.0));
-            known.push(Arc::new(c));
+            // The same piece read again (or what a merge left of it) is
+            // replaced; the list is copied, the pieces are shared.
+            let mut pieces: Vec<Arc<PieceCrcs>> = known
+                .0
+                .iter()
+                .filter(|k| k.starts.first() != c.starts.first())
+                .cloned()
+                .collect();
+            pieces.push(Arc::new(c));
+            *known = FileCrcs(pieces.into());
         }
+    }
+
+    /// The CRCs known of data file `file`, or `None` when reads are not
+    /// checked (or nothing is known of it).
+    pub fn crcs(&self, file: LayerId) -> Option<FileCrcs> {
+        if !self.checks.load(std::sync::atomic::Ordering::Relaxed) {
+            return None;
+        }
+        self.crcs.read().get(&file).cloned()
     }
 
     /// The CRC of `block` of data file `file`, if known.
     pub fn crc(&self, file: LayerId, block: u64) -> Option<u32> {
-        if !self.checks.load(std::sync::atomic::Ordering::Relaxed) {
-            return None;
-        }
-        let all = self.crcs.read();
-        all.get(&file)?.iter().rev().find_map(|c| c.get(block))
+        self.crcs(file)?.get(block)
     }
 
     pub fn paths(&self) -> &LayerPaths {
@@ -227,14 +269,14 @@ impl LayerFiles {
 
     /// A frozen layer's data, for reading.
     pub fn get(&self, id: LayerId) -> Result<Arc<dyn StorageFile>> {
-        if let Some(f) = self.open.lock().get(&id) {
+        if let Some(f) = self.open.read().peek(&id) {
             return Ok(f.clone());
         }
         let f = self
             .source
             .open_layer(id)
             .map_err(StoreError::io(self.paths.data(id)))?;
-        self.open.lock().put(id, f.clone());
+        self.open.write().put(id, f.clone());
         Ok(f)
     }
 
@@ -254,7 +296,7 @@ impl LayerFiles {
     }
 
     pub fn forget(&self, id: LayerId) {
-        self.open.lock().pop(&id);
+        self.open.write().pop(&id);
     }
 }
 
