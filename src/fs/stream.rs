@@ -79,6 +79,20 @@ impl State {
         self.in_order >= 2 && !self.closed
     }
 
+    /// After a prepared read (`missed`: it went to the device): the bytes
+    /// to ask the device for now, if any. Once cold, the device is asked
+    /// for the next window each time the plan is within half a window of
+    /// what was asked, end to end, so no stretch is left to be read on
+    /// demand.
+    fn far_window(&mut self, missed: bool) -> Option<(u64, u64)> {
+        self.cold |= missed;
+        (self.cold && self.fetched < self.planned + FAR_AHEAD / 2).then(|| {
+            let from = self.fetched.max(self.planned);
+            self.fetched = self.planned + FAR_AHEAD;
+            (from, self.fetched - from)
+        })
+    }
+
     /// Plans chunks up to [`DEPTH`]; returns how many are new.
     fn plan(&mut self, size: u64) -> usize {
         let mut new = 0;
@@ -203,16 +217,7 @@ impl Stream {
     /// gets there found its bytes already fetched (it usually does: they
     /// were asked for a window before).
     fn read_far_ahead(&self, missed: bool) {
-        let far = {
-            let mut st = self.state.lock();
-            st.cold |= missed;
-            let planned = st.planned;
-            (st.cold && st.fetched < planned + FAR_AHEAD / 2).then(|| {
-                let from = st.fetched.max(planned);
-                st.fetched = planned + FAR_AHEAD;
-                (from, st.fetched - from)
-            })
-        };
+        let far = self.state.lock().far_window(missed);
         if let Some((at, n)) = far {
             if let Err(e) = self.image.prefetch(at, n) {
                 log::debug!("reading ahead at {at}: {e}");
@@ -427,6 +432,36 @@ mod tests {
         let data = expected(snap, offset, len);
         stream.served(offset, data.len());
         (data, false)
+    }
+
+    #[test]
+    fn a_cold_stream_asks_for_everything_ahead_end_to_end() {
+        let mb = 1u64 << 20;
+        // Warm: nothing ever missed, the device is never asked.
+        let mut warm = State::default();
+        for i in 0..256 {
+            warm.planned = i * mb;
+            assert_eq!(warm.far_window(false), None);
+        }
+        // Cold from the third request; later reads find their bytes
+        // fetched (they were asked for a window before), as they do.
+        let mut st = State::default();
+        let mut asked: Vec<(u64, u64)> = Vec::new();
+        for i in 2..256 {
+            st.planned = i * mb;
+            asked.extend(st.far_window(i == 2));
+            let asked_to = asked.last().map_or(0, |&(at, n)| at + n);
+            assert!(
+                asked_to >= st.planned + FAR_AHEAD / 2,
+                "at {i} MiB the device was asked up to {} MiB only",
+                asked_to / mb
+            );
+        }
+        // The windows follow each other with no gap.
+        assert_eq!(asked[0].0, 2 * mb);
+        for w in asked.windows(2) {
+            assert_eq!(w[0].0 + w[0].1, w[1].0, "{asked:?}");
+        }
     }
 
     #[test]
