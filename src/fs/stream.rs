@@ -29,6 +29,9 @@ use crate::store::{ImageRead, Snapshot};
 const DEPTH: usize = 4;
 /// How far beyond what is prepared the device is asked for data.
 const FAR_AHEAD: u64 = 32 << 20;
+/// How much more the device is asked for at a time, once cold: in small
+/// steps, so the device queue stays full rather than filled in bursts.
+const FAR_STEP: u64 = 4 << 20;
 /// Buffers kept for reuse: a new one would cost a page fault per page.
 const POOL: usize = 4 * DEPTH;
 /// The longest a reader waits for a worker before it reads for itself.
@@ -86,7 +89,7 @@ impl State {
     /// demand.
     fn far_window(&mut self, missed: bool) -> Option<(u64, u64)> {
         self.cold |= missed;
-        (self.cold && self.fetched < self.planned + FAR_AHEAD / 2).then(|| {
+        (self.cold && self.fetched < self.planned + FAR_AHEAD - FAR_STEP).then(|| {
             let from = self.fetched.max(self.planned);
             self.fetched = self.planned + FAR_AHEAD;
             (from, self.fetched - from)
