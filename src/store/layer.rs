@@ -770,6 +770,43 @@ impl LiveLayer {
 mod tests {
     use super::*;
 
+    /// A block's CRC is found in the newest piece that holds it, at its
+    /// place among the piece's blocks; blocks no piece holds have none.
+    #[test]
+    fn crcs_are_found_by_block_newest_piece_first() {
+        let piece = |runs: &[(u64, u64)], tag: u32| {
+            let data = ExtentSet::from_extents(runs.iter().copied());
+            let sums = (0..data.blocks() as u32)
+                .map(|i| BlockSum {
+                    crc: tag + i,
+                    hash: identity::tree(&[]),
+                })
+                .collect();
+            Arc::new(
+                PieceCrcs::of(&Piece {
+                    file: LayerId(1),
+                    data,
+                    sums: Some(sums),
+                })
+                .unwrap(),
+            )
+        };
+        // Blocks 3-5, 10 and 20-21; then a newer piece over 4-10.
+        let old = piece(&[(3, 3), (10, 1), (20, 2)], 100);
+        let new = piece(&[(4, 7)], 200);
+        let file = FileCrcs(vec![old, new].into());
+        let want = |b: u64| match b {
+            3 => Some(100),
+            4..=10 => Some(200 + (b - 4) as u32),
+            20 | 21 => Some(104 + (b - 20) as u32),
+            _ => None,
+        };
+        for b in 0..30 {
+            assert_eq!(file.get(b), want(b), "block {b}");
+        }
+        assert_eq!(FileCrcs::default().get(3), None);
+    }
+
     #[test]
     fn layer_file_names() {
         assert_eq!(
