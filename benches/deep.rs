@@ -151,12 +151,31 @@ impl Host {
         // The loop device reads its file with direct I/O, many requests in
         // flight, as a disk would; buffered, one kernel thread reads its
         // requests one at a time through the host's page cache.
+        // A run killed before its drop leaves its device attached: detach
+        // any still on the file, so runs do not pile devices up.
+        sh(&format!(
+            "losetup -j '{}' -O NAME -n | xargs -r -n1 losetup -d",
+            img.display()
+        ));
         let dev = sh(&format!(
             "losetup --find --show --direct-io=on '{}'",
             img.display()
         ))
         .trim()
         .to_owned();
+        // losetup does not fail where the host file system refuses direct
+        // I/O (tmpfs): say so rather than measure a buffered loop unawares.
+        let dio = sh(&format!(
+            "cat /sys/block/{}/loop/dio",
+            dev.trim_start_matches("/dev/")
+        ));
+        assert_eq!(
+            dio.trim(),
+            "1",
+            "{dev} reads {} without direct I/O; put DEEP_KEEP or STRATA_BENCH_DIR on a file \
+             system that supports it",
+            img.display()
+        );
         let host = Host {
             name,
             dir: mp.clone(),

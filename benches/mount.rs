@@ -268,7 +268,8 @@ fn bench_write(b: &Bench) {
     File::create(&raw).unwrap().set_len(SIZE).unwrap();
     let live = b.mp.join("w/live.img");
     // The write-through ceiling: a FUSE file system that drops what it is
-    // sent, opened as live.img is (through the page cache, write-through).
+    // sent, written through the page cache as live.img is (it opens with
+    // KEEP_CACHE, live.img with no flag: the same for writes).
     let zmp = b.work.join("null-w");
     fs::create_dir_all(&zmp).unwrap();
     let zero = common::zerofs::mount(&zmp, SIZE, false);

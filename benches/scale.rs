@@ -128,9 +128,12 @@ fn main() {
     };
     let root = dir.join("repo");
     let mp = dir.join("mnt");
-    let built_marker = dir.join(format!("built-{snapshots}"));
-    let reuse = built_marker.exists();
+    // What a kept repository holds: the number of snapshots it was built
+    // with (the blocks follow from it).
+    let built_marker = dir.join("built");
+    let reuse = fs::read_to_string(&built_marker).is_ok_and(|n| n == snapshots.to_string());
     if !reuse {
+        let _ = fs::remove_file(&built_marker);
         let _ = fs::remove_dir_all(&root);
     }
     fs::create_dir_all(&mp).unwrap();
@@ -172,7 +175,7 @@ fn main() {
             }
         }
     }
-    fs::write(&built_marker, b"").unwrap();
+    fs::write(&built_marker, snapshots.to_string()).unwrap();
     let built = t.elapsed();
     println!(
         "{} in {:.1} s: {} data blocks ({:.1} GiB) in the deepest image",

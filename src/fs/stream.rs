@@ -83,17 +83,33 @@ impl State {
     }
 
     /// After a prepared read (`missed`: it went to the device): the bytes
-    /// to ask the device for now, if any. Once cold, the device is asked
-    /// for the next window each time the plan is within half a window of
-    /// what was asked, end to end, so no stretch is left to be read on
-    /// demand.
+    /// to ask the device for now, if any. Once cold, the device is kept
+    /// asked [`FAR_AHEAD`] beyond the plan, [`FAR_STEP`] more at a time,
+    /// end to end, so no stretch is left to be read on demand. Nothing
+    /// once the stream has stopped: its reader went elsewhere.
     fn far_window(&mut self, missed: bool) -> Option<(u64, u64)> {
+        if !self.streaming() {
+            return None;
+        }
         self.cold |= missed;
         (self.cold && self.fetched < self.planned + FAR_AHEAD - FAR_STEP).then(|| {
             let from = self.fetched.max(self.planned);
             self.fetched = self.planned + FAR_AHEAD;
             (from, self.fetched - from)
         })
+    }
+
+    /// The stream starts over at `at`, in requests of `len` bytes:
+    /// planned from there, end to end. Returns what was planned before (by
+    /// a request served meanwhile on another thread), which goes. What
+    /// was asked of the device, and whether it was cold, was of where the
+    /// stream was, so it starts over too.
+    fn start_at(&mut self, at: u64, len: usize) -> Vec<Chunk> {
+        self.len = len;
+        self.planned = at;
+        self.fetched = at;
+        self.cold = false;
+        self.chunks.drain(..).collect()
     }
 
     /// Plans chunks up to [`DEPTH`]; returns how many are new.
@@ -181,11 +197,7 @@ impl Stream {
         if !st.streaming() {
             return;
         }
-        // Planned from here, end to end (anything planned before, by a
-        // request served meanwhile on another thread, goes).
-        let stale: Vec<Chunk> = st.chunks.drain(..).collect();
-        st.len = len;
-        st.planned = end;
+        let stale = st.start_at(end, len);
         let new = st.plan(self.image.size());
         drop(st);
         self.discard(stale);
@@ -215,10 +227,10 @@ impl Stream {
     }
 
     /// Keeps the device busy well beyond what is being prepared, once a
-    /// prepared read has missed the host cache: the next window is asked
-    /// for when half of the last is planned, whether or not the read that
-    /// gets there found its bytes already fetched (it usually does: they
-    /// were asked for a window before).
+    /// prepared read has missed the host cache: more is asked for as the
+    /// plan moves on, whether or not the read that gets there found its
+    /// bytes already fetched (it usually does: they were asked for
+    /// before).
     fn read_far_ahead(&self, missed: bool) {
         let far = self.state.lock().far_window(missed);
         if let Some((at, n)) = far {
@@ -441,21 +453,25 @@ mod tests {
     fn a_cold_stream_asks_for_everything_ahead_end_to_end() {
         let mb = 1u64 << 20;
         // Warm: nothing ever missed, the device is never asked.
-        let mut warm = State::default();
+        let streaming = || State {
+            in_order: 2,
+            ..State::default()
+        };
+        let mut warm = streaming();
         for i in 0..256 {
             warm.planned = i * mb;
             assert_eq!(warm.far_window(false), None);
         }
         // Cold from the third request; later reads find their bytes
         // fetched (they were asked for a window before), as they do.
-        let mut st = State::default();
+        let mut st = streaming();
         let mut asked: Vec<(u64, u64)> = Vec::new();
         for i in 2..256 {
             st.planned = i * mb;
             asked.extend(st.far_window(i == 2));
             let asked_to = asked.last().map_or(0, |&(at, n)| at + n);
             assert!(
-                asked_to >= st.planned + FAR_AHEAD / 2,
+                asked_to >= st.planned + FAR_AHEAD - FAR_STEP,
                 "at {i} MiB the device was asked up to {} MiB only",
                 asked_to / mb
             );
@@ -465,6 +481,15 @@ mod tests {
         for w in asked.windows(2) {
             assert_eq!(w[0].0 + w[0].1, w[1].0, "{asked:?}");
         }
+        // A jump back starts over: warm until a read there misses, then
+        // asked ahead from there.
+        st.start_at(mb, 1 << 20);
+        assert_eq!(st.far_window(false), None);
+        assert_eq!(st.far_window(true), Some((mb, FAR_AHEAD)));
+        // A stopped stream asks for nothing.
+        st.in_order = 0;
+        st.planned += 8 * FAR_AHEAD;
+        assert_eq!(st.far_window(true), None);
     }
 
     #[test]
