@@ -458,9 +458,10 @@ fn warm_read(host: &Host, depth: u64, rows: &mut Vec<Row>) {
     let img = host.image(&mount.mp, depth);
     let raw = host.raw(depth);
     warm_chain(host, depth);
-    read_all(&img); // the first open: streamed
-    let second = read_all(&img); // the second: through the page cache
-                                 // What the page cache holds is the image.
+    // The first open is streamed; the second goes through the page cache
+    // and fills it. What the page cache then holds is the image.
+    read_all(&img);
+    let second = read_all(&img);
     sh(&format!("cmp '{}' '{}'", img.display(), raw.display()));
     let (mut s, mut r) = (vec![], vec![]);
     for _ in 0..3 {

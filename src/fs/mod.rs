@@ -871,24 +871,25 @@ impl Filesystem for StrataFs {
             Open::Snapshot { stream, .. } => stream.as_ref(),
             _ => None,
         };
-        if let Some(got) = stream.and_then(|s| s.take(offset, len)) {
-            match got {
-                Ok(data) => {
+        if let Some(s) = stream {
+            match s.take(offset, len) {
+                Some(Ok(data)) => {
                     reply.data(&data);
-                    if let Some(s) = stream {
-                        s.give_back(data);
-                    }
+                    s.give_back(data);
+                    return;
                 }
-                Err(f) => {
+                Some(Err(f)) => {
                     log::error!(
                         "reading {} at offset {offset}: {}",
                         open.describe(),
                         f.error
                     );
                     reply.error(Errno::from_i32(f.errno));
+                    return;
                 }
+                // Not prepared: read below, as any read.
+                None => {}
             }
-            return;
         }
         // One buffer per worker thread, reused: a fresh 1 MiB buffer per
         // request would cost 256 page faults each time.

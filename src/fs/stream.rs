@@ -204,6 +204,16 @@ impl Stream {
         self.streams.schedule(self, new);
     }
 
+    /// The reader closed its file: nothing more is prepared.
+    pub fn close(&self) {
+        let chunks = {
+            let mut st = self.state.lock();
+            st.closed = true;
+            st.stop()
+        };
+        self.discard(chunks);
+    }
+
     /// Gives a buffer back once its bytes were sent.
     pub fn give_back(&self, buf: Vec<u8>) {
         let mut pool = self.streams.pool.lock();
@@ -278,19 +288,17 @@ impl Stream {
             matches!(c, Chunk::Pending { offset: o, len: l, claimed: true } if *o == offset && *l == len)
         });
         match slot {
-            Some(slot) => *slot = Chunk::Ready { offset, data },
+            Some(slot) => {
+                *slot = Chunk::Ready { offset, data };
+                drop(st);
+                self.ready.notify_all();
+            }
             // The reader went elsewhere meanwhile.
             None => {
                 drop(st);
-                self.ready.notify_all();
-                if let Ok(d) = data {
-                    self.give_back(d);
-                }
-                return true;
+                self.discard(vec![Chunk::Ready { offset, data }]);
             }
         }
-        drop(st);
-        self.ready.notify_all();
         true
     }
 }
@@ -385,18 +393,6 @@ impl Drop for Streams {
             .stop
             .store(true, std::sync::atomic::Ordering::Relaxed);
         self.shared.work.notify_all();
-    }
-}
-
-impl Stream {
-    /// The reader closed its file: nothing more is prepared.
-    pub fn close(&self) {
-        let chunks = {
-            let mut st = self.state.lock();
-            st.closed = true;
-            st.stop()
-        };
-        self.discard(chunks);
     }
 }
 
